@@ -1,0 +1,54 @@
+# mtl-ray — the commands a user and CI run. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+# Demo / test caches: prepared corpora and pinned assets (see docs/data.md)
+export MTL_RAY_CACHE ?= $(HOME)/.cache/mtl-ray
+
+.PHONY: help venv test test-unit test-integration test-real lint format demo bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first (CPU build on this machine; CUDA build from PyPI on GPU clusters), then the project
+	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed  ## create/update the virtualenv (torch first, then mtl-ray[dev])
+
+test: venv  ## the full suite: unit, then integration (real local Ray) and real-asset tests
+	$(PY) -m pytest -q -m "not integration and not real"
+	$(PY) -m pytest -q -m "integration or real" -p no:cacheprovider || [ $$? -eq 5 ]
+
+test-unit: venv  ## fast unit tests only (no Ray, tiny in-process model)
+	$(PY) -m pytest -q -m "not integration and not real"
+
+test-integration: venv  ## tests that start a real local Ray
+	$(PY) -m pytest -q -m integration
+
+test-real: venv  ## tests on the real pinned encoder and corpora
+	$(PY) -m pytest -q -m real
+
+lint: venv  ## ruff lint + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv  ## apply ruff formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: venv  ## prepare the real corpora, train + evaluate the multi-task model on the built-in tasks
+	$(VENV)/bin/mtl-ray data prepare
+	$(VENV)/bin/mtl-ray train --config configs/builtin.yaml
+
+bench: venv  ## benchmarks (results recorded in docs/benchmarks.md)
+	$(PY) bench/predictor_throughput.py
+
+clean:  ## remove run outputs (keeps the venv and the asset cache)
+	rm -rf runs .pytest_cache .ruff_cache

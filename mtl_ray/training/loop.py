@@ -1,0 +1,209 @@
+"""The multi-task training loop in plain PyTorch: one optimizer step, evaluation, resumable state.
+
+Ray Train (``mtl_ray/ray_train.py``) runs this same class on every worker; a single process runs it
+directly (``mtl-ray train --no-ray``, tests). Distributed behaviour comes only from
+``mtl_ray.training.distributed`` (plain ``torch.distributed``), which is a no-op in one process.
+
+Per optimizer step: ``grad_accum_steps`` micro-batches, each of ONE task drawn by the task sampler
+(identical on every rank), each rank taking its slice of that task's global batch; per-task losses
+are combined by the loss weighting, gradients averaged across ranks, clipped, then AdamW steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtl_ray.config import Config
+from mtl_ray.data.tokenize import collate
+from mtl_ray.model.multitask import MultiTaskModel
+from mtl_ray.training import distributed as dist_utils
+from mtl_ray.training.builders import TaskData
+from mtl_ray.training.evaluation import evaluate_model, rows
+from mtl_ray.training.metrics import aggregate_score
+from mtl_ray.training.optim import build_optimizer, build_scheduler
+from mtl_ray.training.samplers import build_sampler
+from mtl_ray.training.streams import TaskStream
+from mtl_ray.training.weighting import build_weighting
+
+STATE_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class MultiTaskTrainer:
+    """Owns the optimizer, scheduler, task sampler, loss weighting and per-task data streams."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: MultiTaskModel,
+        data: dict[str, TaskData],
+        pad_token_id: int,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.tcfg = cfg.train
+        self.device = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+        self.rank, self.world_size = dist_utils.rank_and_world()
+        self.model = model.to(self.device)
+        self.data = data
+        self.pad_token_id = pad_token_id
+        self.train_tasks = sorted(t for t, d in data.items() if d.size("train") > 0)
+        if not self.train_tasks:
+            raise ValueError("no task has training data")
+        sizes = {t: data[t].size("train") for t in self.train_tasks}
+        static = {t: data[t].spec.loss_weight for t in self.train_tasks}
+        self.weighting = build_weighting(self.tcfg.weighting, static, self.tcfg).to(self.device)
+        self.optimizer = build_optimizer(self.model, self.weighting, self.tcfg)
+        self.scheduler = build_scheduler(self.optimizer, self.tcfg)
+        self.sampler = build_sampler(self.tcfg.sampler, sizes, self.tcfg, self.tcfg.seed)
+        self.streams = {
+            t: TaskStream(t, sizes[t], self.tcfg.seed, self.rank, self.world_size) for t in self.train_tasks
+        }
+        self.step = 0
+        self.examples_seen = 0  # global (all ranks) training examples so far
+        self.use_bf16 = self.tcfg.bf16 and self.device.type == "cuda"
+
+    # ------------------------------------------------------------------ training
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.use_bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _seed_step(self) -> None:
+        # Dropout randomness is a pure function of (seed, step, rank): resuming needs no RNG state.
+        key = zlib.crc32(f"{self.tcfg.seed}:{self.step}:{self.rank}".encode())
+        torch.manual_seed(key)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; returns rank-averaged per-task losses, weights and the learning rate."""
+        self.model.train()
+        self.weighting.train()
+        self._seed_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        accum = self.tcfg.grad_accum_steps
+        losses: dict[str, list[float]] = defaultdict(list)
+        texts = 0
+        for micro in range(accum):
+            task = self.sampler.sample(self.step * accum + micro)
+            idx = self.streams[task].next_batch(self.tcfg.batch_size)
+            batch = self._to_device(collate(rows(self.data[task].splits["train"], idx), self.pad_token_id))
+            with self._autocast():
+                task_loss = self.model.loss(task, batch)
+            total = self.weighting.combine({task: task_loss.float()}) / accum
+            total.backward()
+            losses[task].append(float(task_loss.detach()))
+            texts += len(idx)
+        params = [p for p in self.model.parameters() if p.requires_grad] + list(self.weighting.parameters())
+        dist_utils.allreduce_gradients(params)
+        if self.tcfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.tcfg.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        # Every rank drew the same tasks, so the keys agree and the mean is over all ranks' shards.
+        step_losses = dist_utils.mean_across_ranks({t: float(np.mean(v)) for t, v in losses.items()}, self.device)
+        self.weighting.update(self.step, step_losses)
+        self.examples_seen += int(dist_utils.sum_across_ranks(texts, self.device))
+        out = {"step": float(self.step), "lr": lr}
+        out.update({f"loss/{t}": v for t, v in step_losses.items()})
+        out.update({f"weight/{t}": w for t, w in self.weighting.weights().items()})
+        return out
+
+    # ---------------------------------------------------------------- evaluation
+
+    def evaluate(self, split: str = "validation") -> dict[str, dict[str, float]]:
+        """Per-task metrics on ``split`` over the whole split (gathered across ranks)."""
+        return evaluate_model(
+            self.model,
+            self.data,
+            split,
+            pad_token_id=self.pad_token_id,
+            batch_size=self.tcfg.eval_batch_size,
+            device=self.device,
+            autocast=self._autocast(),
+        )
+
+    def aggregate(self, per_task: dict[str, dict[str, float]]) -> float:
+        types = {t: self.data[t].spec.type for t in per_task}
+        return aggregate_score(per_task, types)
+
+    # ---------------------------------------------------------------- resumable state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "examples_seen": self.examples_seen,
+            "world_size": self.world_size,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "streams": {t: s.state_dict() for t, s in self.streams.items()},
+            "weighting": {"params": self.weighting.state_dict(), "extra": self.weighting.extra_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("version", -1)) != STATE_VERSION:
+            raise ValueError(f"training state version {state.get('version')} is not {STATE_VERSION}")
+        if sorted(state["streams"]) != self.train_tasks:
+            raise ValueError(
+                f"checkpoint trained tasks {sorted(state['streams'])}, this run trains {self.train_tasks}"
+            )
+        self.step = int(state["step"])
+        self.examples_seen = int(state["examples_seen"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        for t, s in state["streams"].items():
+            self.streams[t].load_state_dict(s)
+        self.weighting.load_state_dict(state["weighting"]["params"])
+        self.weighting.load_extra_state(state["weighting"]["extra"])
+
+
+def fit(
+    trainer: MultiTaskTrainer,
+    *,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+    on_eval: Callable[[int, dict[str, dict[str, float]], float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """Run ``trainer`` to ``train.max_steps``: log every ``log_every``, evaluate every ``eval_every``
+    (and at the end). ``on_eval(step, per_task_metrics, aggregate)`` is where callers checkpoint."""
+    tcfg = trainer.tcfg
+    window_start = time.perf_counter()
+    window_examples = trainer.examples_seen
+    while trainer.step < tcfg.max_steps:
+        if should_stop is not None and should_stop():
+            return
+        metrics = trainer.train_step()
+        if on_step is not None:
+            on_step(metrics)
+        if on_log is not None and (trainer.step % tcfg.log_every == 0 or trainer.step == tcfg.max_steps):
+            elapsed = max(time.perf_counter() - window_start, 1e-9)
+            metrics["texts_per_s"] = (trainer.examples_seen - window_examples) / elapsed
+            on_log(metrics)
+            window_start, window_examples = time.perf_counter(), trainer.examples_seen
+        if trainer.step % tcfg.eval_every == 0 or trainer.step == tcfg.max_steps:
+            per_task = trainer.evaluate("validation")
+            if on_eval is not None:
+                on_eval(trainer.step, per_task, trainer.aggregate(per_task))
+            window_start, window_examples = time.perf_counter(), trainer.examples_seen
