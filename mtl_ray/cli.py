@@ -17,7 +17,9 @@ from mtl_ray.errors import MtlRayError
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", "-c", required=required, help="YAML config (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. train.lr=3e-5 model.sharing_depth=4")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="overrides, e.g. train.lr=3e-5 model.sharing_depth=4"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +174,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     print(f"mtl-ray       {mtl_ray.__version__}")
     print(f"python        {platform.python_version()}")
-    print(f"torch         {torch.__version__} (cuda available: {torch.cuda.is_available()}, devices: {torch.cuda.device_count()})")
+    print(
+        f"torch         {torch.__version__} (cuda available: {torch.cuda.is_available()}, devices: {torch.cuda.device_count()})"
+    )
     print(f"transformers  {transformers.__version__}")
     try:
         import ray

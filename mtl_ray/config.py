@@ -20,7 +20,6 @@ import yaml
 
 from mtl_ray.errors import ConfigError
 
-TASK_TYPES = ("classification", "pair_classification", "regression", "contrastive")
 SAMPLERS = ("proportional", "temperature", "uniform", "annealed")
 WEIGHTINGS = ("static", "uncertainty", "dwa")
 POOLINGS = ("mean", "cls")
@@ -47,13 +46,15 @@ class TaskConfig:
     max_eval_examples: int | None = None  # deterministic subsample of validation / test
 
     def __post_init__(self) -> None:
+        from mtl_ray.tasks.base import TASK_TYPES  # the registry (lazy: tasks import this module)
+
         if self.type not in TASK_TYPES:
             raise ConfigError(
-                f"tasks.{self.name}.type: unknown task type {self.type!r}; valid: {', '.join(TASK_TYPES)}"
+                f"tasks.{self.name}.type: unknown task type {self.type!r}; valid: {', '.join(sorted(TASK_TYPES))}"
             )
         if not self.source:
             raise ConfigError(f"tasks.{self.name}.source: required (e.g. 'builtin:rt_sentiment' or a file path)")
-        if self.type == "pair_classification" and not self.text_pair_field:
+        if TASK_TYPES[self.type].is_pair and not self.text_pair_field:
             raise ConfigError(f"tasks.{self.name}.text_pair_field: required for a pair_classification task")
         if self.max_length < 8:
             raise ConfigError(f"tasks.{self.name}.max_length: must be >= 8, got {self.max_length}")
@@ -97,6 +98,7 @@ class TrainConfig:
     anneal_start_temperature: float = 1.0  # annealed sampler: T at step 0 ...
     anneal_end_temperature: float = 5.0  # ... and at max_steps (Stickland & Murray 2019 style)
     weighting: str = "static"  # one of WEIGHTINGS: how per-task losses are combined
+    weighting_lr: float | None = 0.01  # peak lr of learnable loss weights (uncertainty); None -> train.lr
     dwa_temperature: float = 2.0  # DWA softmax temperature (Liu et al. 2019)
     dwa_window: int = 50  # optimizer steps per DWA "epoch" (loss averages compared across windows)
     eval_every: int = 100  # optimizer steps between evaluations (and checkpoints)
@@ -111,9 +113,7 @@ class TrainConfig:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"train.sampler: unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
         if self.weighting not in WEIGHTINGS:
-            raise ConfigError(
-                f"train.weighting: unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}"
-            )
+            raise ConfigError(f"train.weighting: unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
         for key in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "log_every", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}: must be >= 1, got {getattr(self, key)}")

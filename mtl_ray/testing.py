@@ -36,8 +36,8 @@ def make_tiny_encoder(
 ) -> Path:
     """Write a random-init BERT (vocab ≈ 170) with its WordPiece tokenizer to ``out_dir``."""
     import torch
-    from transformers.utils import logging as hf_logging
     from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers.utils import logging as hf_logging
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,9 @@ def write_tiny_tasks(root: Path, n: int = 120, seed: int = 0) -> dict[str, Path]
         for i in range(n):
             pol = 1 if i % 2 == 0 else -1
             same = rng.random() < 0.5
-            w.writerow([_sentence(rng, pol) + f" {i}", _sentence(rng, pol if same else -pol), "same" if same else "diff"])
+            w.writerow(
+                [_sentence(rng, pol) + f" {i}", _sentence(rng, pol if same else -pol), "same" if same else "diff"]
+            )
     return paths
 
 
@@ -106,7 +108,11 @@ def tiny_config_dict(encoder_dir: Path, files: dict[str, Path], out_dir: Path, *
 
 @pytest.fixture
 def tiny_config(tiny_encoder_dir, tiny_task_files, tmp_path):
-    def make(**train) -> Config:
-        return config_from_dict(tiny_config_dict(tiny_encoder_dir, tiny_task_files, tmp_path / "run", **train))
+    def make(model: dict | None = None, drop_tasks: tuple[str, ...] = (), run: str = "run", **train) -> Config:
+        d = tiny_config_dict(tiny_encoder_dir, tiny_task_files, tmp_path / run, **train)
+        d["model"].update(model or {})
+        for name in drop_tasks:
+            del d["tasks"][name]
+        return config_from_dict(d)
 
     return make

@@ -29,7 +29,11 @@ def model_meta(cfg: Config, model: MultiTaskModel) -> dict[str, Any]:
         "encoder_config": model.encoder_config,
         "sharing_depth": model.sharing_depth,
         "num_layers": model.num_layers,
-        "versions": {"mtl_ray": mtl_ray.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "versions": {
+            "mtl_ray": mtl_ray.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
     }
 
 

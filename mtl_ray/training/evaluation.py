@@ -53,7 +53,9 @@ def evaluate_model(
             batch = collate(rows(ds, mine[start : start + batch_size]), pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast if autocast is not None else contextlib.nullcontext():
-                out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), tasks=[task])[task]
+                out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), tasks=[task])[
+                    task
+                ]
             preds.append(ttype.metric_inputs(out.float()).cpu().numpy())
             labels.append(batch["labels"].cpu().numpy())
         empty = np.zeros(0)

@@ -100,8 +100,8 @@ class MultiTaskTrainer:
         accum = self.tcfg.grad_accum_steps
         losses: dict[str, list[float]] = defaultdict(list)
         texts = 0
-        for micro in range(accum):
-            task = self.sampler.sample(self.step * accum + micro)
+        for _ in range(accum):
+            task = self.sampler.sample(self.step)
             idx = self.streams[task].next_batch(self.tcfg.batch_size)
             batch = self._to_device(collate(rows(self.data[task].splits["train"], idx), self.pad_token_id))
             with self._autocast():
@@ -164,9 +164,7 @@ class MultiTaskTrainer:
         if int(state.get("version", -1)) != STATE_VERSION:
             raise ValueError(f"training state version {state.get('version')} is not {STATE_VERSION}")
         if sorted(state["streams"]) != self.train_tasks:
-            raise ValueError(
-                f"checkpoint trained tasks {sorted(state['streams'])}, this run trains {self.train_tasks}"
-            )
+            raise ValueError(f"checkpoint trained tasks {sorted(state['streams'])}, this run trains {self.train_tasks}")
         self.step = int(state["step"])
         self.examples_seen = int(state["examples_seen"])
         self.optimizer.load_state_dict(state["optimizer"])

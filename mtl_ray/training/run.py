@@ -121,7 +121,12 @@ def train(cfg: Config, resume_from: str | Path | None = None, progress: bool = T
         recorder.log({"step": step, "val/aggregate": aggregate, **flatten_metrics(per_task, "val")})
         path = ckpt_dir / f"step-{step:07d}"
         save_training_checkpoint(
-            path, cfg, trainer.model, setup.tokenizer, trainer.state_dict(), {"validation": per_task, "aggregate": aggregate}
+            path,
+            cfg,
+            trainer.model,
+            setup.tokenizer,
+            trainer.state_dict(),
+            {"validation": per_task, "aggregate": aggregate},
         )
         _keep_checkpoints(ckpt_dir, recorder, path, aggregate, keep=cfg.ray.num_to_keep)
         msg = f"eval step {step}: aggregate={aggregate:.4f}"

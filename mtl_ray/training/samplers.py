@@ -113,9 +113,7 @@ class SeededTaskDraw:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         saved_tasks = list(state.get("tasks", self.tasks))
         if saved_tasks != self.tasks:
-            raise CheckpointError(
-                f"sampler state: saved for tasks {saved_tasks}, but this run has tasks {self.tasks}"
-            )
+            raise CheckpointError(f"sampler state: saved for tasks {saved_tasks}, but this run has tasks {self.tasks}")
         if state.get("bit_generator") != "PCG64":
             raise CheckpointError(f"sampler state: expected a PCG64 generator, got {state.get('bit_generator')!r}")
         self._rng.bit_generator.state = {
@@ -217,7 +215,10 @@ class AnnealedSampler:
     def __init__(
         self, sizes: Mapping[str, int], seed: int, start_temperature: float, end_temperature: float, max_steps: int
     ) -> None:
-        for key, value in (("anneal_start_temperature", start_temperature), ("anneal_end_temperature", end_temperature)):
+        for key, value in (
+            ("anneal_start_temperature", start_temperature),
+            ("anneal_end_temperature", end_temperature),
+        ):
             if value <= 0:
                 raise ConfigError(f"train.{key}: must be > 0, got {value}")
         if max_steps < 1:

@@ -1,0 +1,86 @@
+"""The unsupervised objective: unsupervised SimCSE (Gao, Yao & Chen 2021, "SimCSE: Simple
+Contrastive Learning of Sentence Embeddings").
+
+Each sentence is encoded twice with different dropout masks; the two views of a sentence are a
+positive pair, the other sentences of the batch are negatives, and the loss is InfoNCE over cosine
+similarities divided by a temperature τ (model.contrastive_temperature, 0.05 as in the paper):
+
+    ℓ_i = -log( exp(cos(z_i, z'_i)/τ) / Σ_j exp(cos(z_i, z'_j)/τ) )
+
+``train_batch`` concatenates the batch with itself (B -> 2B rows), so both views come from ONE
+forward pass: one autograd graph, and under data parallelism one gradient all-reduce per step.
+
+Why SimCSE rather than masked-language modelling: the default encoder, all-MiniLM-L6-v2, was
+trained contrastively (sentence-transformers) and ships no MLM head, so MLM would need a
+vocab × H decoder (30,522 × 384 ≈ 11.7M parameters, about half the 22.7M encoder) trained from
+scratch, and its token-level objective pulls against the sentence-level pooled representation
+every other task reads. SimCSE adds no parameters and trains exactly that pooled vector.
+
+The head is the identity over the pooled vector (Gao et al. also report it works without the MLP
+used in their training-time pooler). No supervised metrics: contrastive tasks have
+``primary_metric=None`` and stay out of the aggregate score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtl_ray.config import ModelConfig
+from mtl_ray.tasks.base import TaskSpec, register_task_type
+
+DEFAULT_TEMPERATURE = ModelConfig.contrastive_temperature  # used when a spec carries none
+
+
+def info_nce(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """Mean InfoNCE of (B, H) views ``z1`` against ``z2``: row i's positive is z2[i]."""
+    sim = F.cosine_similarity(z1.unsqueeze(1), z2.unsqueeze(0), dim=-1) / temperature  # (B, B)
+    targets = torch.arange(z1.shape[0], device=z1.device)
+    return F.cross_entropy(sim, targets)
+
+
+@dataclass(frozen=True)
+class ContrastiveType:
+    name: str = "contrastive"
+    is_pair: bool = False
+    supervised: bool = False
+    uses_temperature: bool = True
+    has_classes: bool = False
+    default_metrics: tuple[str, ...] = ()
+    valid_metrics: tuple[str, ...] = ()
+    primary_metric: str | None = None
+
+    def build_head(self, hidden_size: int, spec: TaskSpec, dropout: float) -> nn.Module:
+        return nn.Identity()  # the pooled vector is the embedding; no parameters
+
+    def train_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Rows [x_1..x_B, x_1..x_B]: dropout makes the two copies two views in one forward."""
+        n = batch["input_ids"].shape[0]
+        return {
+            k: torch.cat([v, v], dim=0) if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
+            for k, v in batch.items()
+        }
+
+    def loss(self, output: Tensor, batch: dict[str, Tensor], spec: TaskSpec) -> Tensor:
+        # output: (2B, H) pooled embeddings of the duplicated batch
+        if output.shape[0] % 2:
+            raise ValueError(f"contrastive loss needs the duplicated batch (even rows), got {output.shape[0]} rows")
+        z = output.float()
+        b = z.shape[0] // 2
+        tau = spec.temperature if spec.temperature is not None else DEFAULT_TEMPERATURE
+        return info_nce(z[:b], z[b:], tau)
+
+    def postprocess(self, output: Tensor, spec: TaskSpec) -> list[dict[str, Any]]:
+        # L2-normalised, so a dot product of two embeddings is the cosine the objective trained
+        z = F.normalize(output.detach().float(), dim=-1).cpu()
+        return [{"embedding": row} for row in z.tolist()]
+
+    def metric_inputs(self, output: Tensor) -> Tensor:
+        return output  # (B, H); no supervised metrics are defined for this type
+
+
+CONTRASTIVE = register_task_type(ContrastiveType())

@@ -1,0 +1,1 @@
+"""Training: task samplers, loss weightings, optimizer and schedule, metrics, and the plain-torch loop."""
