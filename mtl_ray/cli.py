@@ -103,7 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt.tokenizer_dir))
     raw = {}
-    for name, spec in model.specs.items():
+    for name in model.specs:
         splits, _ = load_task_splits(cfg.tasks[name], cfg.data)
         raw[name] = splits
     data = tokenize_tasks(model.specs, raw, tokenizer)

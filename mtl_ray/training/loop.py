@@ -189,17 +189,25 @@ def fit(
     tcfg = trainer.tcfg
     window_start = time.perf_counter()
     window_examples = trainer.examples_seen
+    window_losses: dict[str, list[float]] = defaultdict(list)
     while trainer.step < tcfg.max_steps:
         if should_stop is not None and should_stop():
             return
         metrics = trainer.train_step()
         if on_step is not None:
             on_step(metrics)
+        for key, value in metrics.items():
+            if key.startswith("loss/"):
+                window_losses[key].append(value)
         if on_log is not None and (trainer.step % tcfg.log_every == 0 or trainer.step == tcfg.max_steps):
+            # per-task loss = mean over the steps of this logging window that trained the task
+            record = {k: v for k, v in metrics.items() if not k.startswith("loss/")}
+            record.update({k: float(np.mean(v)) for k, v in sorted(window_losses.items())})
             elapsed = max(time.perf_counter() - window_start, 1e-9)
-            metrics["texts_per_s"] = (trainer.examples_seen - window_examples) / elapsed
-            on_log(metrics)
+            record["texts_per_s"] = (trainer.examples_seen - window_examples) / elapsed
+            on_log(record)
             window_start, window_examples = time.perf_counter(), trainer.examples_seen
+            window_losses.clear()
         if trainer.step % tcfg.eval_every == 0 or trainer.step == tcfg.max_steps:
             per_task = trainer.evaluate("validation")
             if on_eval is not None:
