@@ -43,9 +43,13 @@ class Predictor:
         return self.model.specs
 
     def tasks_for(self, is_pair: bool, tasks: Sequence[str] | None = None) -> list[str]:
-        """Validate ``tasks`` against the input kind; None → every applicable task."""
+        """Validate ``tasks`` against the input kind; None → every applicable supervised task
+        (an unsupervised task's embedding is returned only when asked for by name)."""
         if tasks is None:
-            return [t for t, s in sorted(self.specs.items()) if s.is_pair == is_pair]
+            names = [t for t, s in sorted(self.specs.items()) if s.is_pair == is_pair and s.supervised]
+            if not names:
+                raise PredictError(f"no task of this checkpoint takes {'pairs' if is_pair else 'texts'}")
+            return names
         if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
             raise PredictError("tasks: expected a list of task names")
         for t in tasks:
