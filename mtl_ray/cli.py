@@ -37,10 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache-dir", default=None, help="default: $MTL_RAY_CACHE or ~/.cache/mtl-ray")
     prep.add_argument("--no-progress", action="store_true")
 
-    train = sub.add_parser("train", help="train the multi-task model")
+    train = sub.add_parser("train", help="train the multi-task model (Ray Train; --no-ray: in this process)")
     _add_config_args(train)
-    train.add_argument("--resume", default=None, help="checkpoint directory to resume from (exact resume)")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--resume", default=None, help="checkpoint directory (or URI) to resume from (exact resume)")
+    train.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
+    train.add_argument(
+        "--address", default=None, help="Ray cluster to join (default: ray.address, $RAY_ADDRESS, else a local Ray)"
+    )
+    train.add_argument("--storage-path", default=None, help="Ray Train storage (path or URI; default: ray.storage_path)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (--no-ray)")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a split of its tasks' data")
     ev.add_argument("--checkpoint", required=True)
@@ -78,7 +83,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mtl_ray.training.run import train
 
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, resume_from=args.resume, progress=not args.no_progress)
+    if args.no_ray:
+        if args.address or args.storage_path:
+            raise MtlRayError("--address / --storage-path need Ray; drop --no-ray")
+        summary = train(cfg, resume_from=args.resume, progress=not args.no_progress)
+    else:
+        from mtl_ray.ray_train import run_ray_training
+
+        summary = run_ray_training(cfg, resume_from=args.resume, address=args.address, storage_path=args.storage_path)
     print(f"\nbest checkpoint: {summary['best_checkpoint']}")
     print(f"outputs:         {summary['output_dir']}")
     return 0

@@ -6,8 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mtl_ray.config import read_yaml_mapping
 from mtl_ray.errors import ConfigError
 
 
@@ -20,14 +19,7 @@ def validate_cluster_config(path: str | Path) -> dict[str, Any]:
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"cluster config not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
+    raw = read_yaml_mapping(p, "cluster config")
     logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)
     try:
         prepared = prepare_config(raw)

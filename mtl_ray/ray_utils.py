@@ -85,11 +85,13 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         yield False
         return
     if address is None:
-        # a private single-node Ray on loopback; the dashboard is not needed for Train
+        # A private single-node Ray on loopback. The dashboard stays on: Ray Train's placement-group
+        # cleaner asks the state API (served by the dashboard) whether a run's controller is alive.
         ray.init(
             address="local",
             num_cpus=num_cpus,
-            include_dashboard=False,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
         )
     else:
