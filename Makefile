@@ -49,6 +49,7 @@ demo: venv  ## prepare the real corpora, train + evaluate the multi-task model o
 
 bench: venv  ## benchmarks (results recorded in docs/benchmarks.md)
 	$(PY) bench/predictor_throughput.py
+	$(PY) bench/ray_train_overhead.py
 
 clean:  ## remove run outputs (keeps the venv and the asset cache)
 	rm -rf runs .pytest_cache .ruff_cache

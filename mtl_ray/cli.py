@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--address", default=None, help="Ray cluster to join (default: ray.address, $RAY_ADDRESS, else a local Ray)"
     )
-    train.add_argument("--storage-path", default=None, help="Ray Train storage (path or URI; default: ray.storage_path)")
+    train.add_argument(
+        "--storage-path", default=None, help="Ray Train storage (path or URI; default: ray.storage_path)"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar (--no-ray)")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a split of its tasks' data")
@@ -60,6 +62,41 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", default=None, help="JSONL file: {'text': ...} or {'text': ..., 'text_pair': ...}")
     pr.add_argument("--tasks", default=None, help="comma-separated task names (default: all applicable)")
     pr.add_argument("--device", default="auto")
+
+    sv = sub.add_parser(
+        "serve",
+        help="serve a checkpoint over HTTP with Ray Serve; `serve build -o FILE` writes a Serve config instead",
+        description="Run the multi-task Serve app locally (blocks until Ctrl-C), or with `build` write a Serve "
+        "config that `serve run FILE` / `serve deploy FILE` accept. Options: see docs/serving.md.",
+    )
+    sv.add_argument("action", nargs="?", choices=["build"], help="build: write a Serve config file and exit")
+    sv.add_argument("--checkpoint", default=None, help="checkpoint directory (or checkpoint: in --config)")
+    sv.add_argument("--config", "-c", default=None, help="serve config YAML (mtl_ray.serving.config.ServeConfig)")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. encoder.num_cpus=2")
+    sv.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None)
+    sv.add_argument("--api-key-env", default=None, help="require an API key, read from this environment variable")
+    sv.add_argument("--api-key-file", default=None, help="require an API key, read from this file")
+    sv.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1; 0.0.0.0 to expose)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--app-name", default="mtl")
+    sv.add_argument("--route-prefix", default="/")
+    sv.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
+    sv.add_argument("--output", "-o", default=None, help="build: where to write the config (default: stdout)")
+
+    tn = sub.add_parser(
+        "tune",
+        help="Ray Tune search over loss weights, sharing depth, sampling, lr (the config's tune: section)",
+        description="Search the space in the config's tune: section with single-task baselines and Δm%; "
+        "see docs/tuning.md. --resume DIR continues an interrupted experiment.",
+    )
+    tn.add_argument("--config", "-c", default=None, help="YAML config with a tune: section (see configs/tune_*.yaml)")
+    tn.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. tune.num_samples=4")
+    tn.add_argument("--resume", default=None, help="experiment directory of an interrupted search to continue")
+    tn.add_argument(
+        "--address", default=None, help="Ray cluster to join (default: ray.address, $RAY_ADDRESS, else a local Ray)"
+    )
+    tn.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the embedded local Ray (default: all)")
+    tn.add_argument("--top", type=int, default=5, help="rows of the final table (default 5)")
 
     sub.add_parser("doctor", help="versions, devices and which assets are cached")
     return parser
@@ -97,38 +134,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mtl_ray.checkpoint import load_checkpoint
-    from mtl_ray.config import apply_overrides, config_from_dict, config_to_dict
-    from mtl_ray.training.builders import tokenize_tasks
-    from mtl_ray.training.checkpointing import model_from_checkpoint
-    from mtl_ray.training.evaluation import evaluate_model
-    from mtl_ray.training.loop import resolve_device
-    from mtl_ray.training.metrics import aggregate_score, format_table
-    from mtl_ray.training.run import baselines
+    from mtl_ray.evaluate import evaluate_checkpoint
+    from mtl_ray.training.metrics import format_table
 
-    ckpt = load_checkpoint(args.checkpoint, load_training_state=False)
-    model, cfg = model_from_checkpoint(ckpt)
-    cfg = config_from_dict(apply_overrides(config_to_dict(cfg), args.overrides))
-    from transformers import AutoTokenizer
-
-    from mtl_ray.data.sources import load_task_splits
-
-    tokenizer = AutoTokenizer.from_pretrained(str(ckpt.tokenizer_dir))
-    raw = {}
-    for name in model.specs:
-        splits, _ = load_task_splits(cfg.tasks[name], cfg.data)
-        raw[name] = splits
-    data = tokenize_tasks(model.specs, raw, tokenizer)
-    device = resolve_device(cfg.train.device)
-    model.to(device)
-    metrics = evaluate_model(model, data, args.split, pad_token_id=tokenizer.pad_token_id, device=device)
-    agg = aggregate_score(metrics, {t: s.type for t, s in model.specs.items() if t in metrics})
+    report = evaluate_checkpoint(args.checkpoint, args.split, args.overrides)
     if args.json:
-        print(json.dumps({"split": args.split, "metrics": metrics, "aggregate": agg}, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(f"{args.split} metrics (majority-class baseline in brackets):")
-        print(format_table(metrics, baselines(data, args.split)))
-        print(f"aggregate: {agg:.4f}")
+        print(f"{args.split} metrics ('baseline' rows: majority class / train mean):")
+        print(format_table(report.metrics, report.baseline))
+        print(f"aggregate: {report.aggregate:.4f}")
     return 0
 
 
@@ -210,11 +225,85 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mtl_ray.serving.config import load_serve_config, read_api_key
+
+    overrides = list(args.set)
+    if args.api_key_env:
+        overrides.append(f"auth.api_key_env={args.api_key_env}")
+    if args.api_key_file:
+        overrides.append(f"auth.api_key_file={args.api_key_file}")
+    cfg = load_serve_config(args.config, overrides, checkpoint=args.checkpoint, precision=args.precision)
+    if args.action == "build":
+        from mtl_ray.serving.app import serve_config, serve_config_yaml
+
+        conf = serve_config(cfg, host=args.host, port=args.port, app_name=args.app_name, route_prefix=args.route_prefix)
+        command = " ".join(
+            ["mtl-ray serve build", f"--checkpoint {cfg.checkpoint}"]
+            + ([f"--config {args.config}"] if args.config else [])
+            + [f"--set {o}" for o in overrides]
+            + ([f"-o {args.output}"] if args.output else [])
+        )
+        text = serve_config_yaml(conf, command)
+        if args.output:
+            from pathlib import Path
+
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(text, encoding="utf-8")
+            print(f"wrote {args.output}; run it with: serve run {args.output}")
+        else:
+            print(text, end="")
+        return 0
+
+    import time
+
+    from ray import serve
+
+    from mtl_ray.ray_utils import ray_session, resolve_address
+    from mtl_ray.serving.app import build_app
+
+    read_api_key(cfg.auth)  # auth configured but no key: fail here, not in a replica
+    app = build_app(cfg)  # verifies the checkpoint(s) before Ray starts
+    address = resolve_address()
+    with ray_session(address, num_cpus=args.num_cpus):
+        try:
+            serve.start(http_options={"host": args.host, "port": args.port})
+            serve.run(app, name=args.app_name, route_prefix=args.route_prefix)
+            base = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
+            print(f"serving {cfg.checkpoint} at {base}/v1/predict (docs: {base}/docs); Ctrl-C to stop", flush=True)
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping", file=sys.stderr)
+        finally:
+            if address:  # a shared cluster: remove only our app
+                serve.delete(args.app_name)
+            else:
+                serve.shutdown()
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mtl_ray.config import load_config
+    from mtl_ray.ray_tune import format_summary, run_tune
+
+    if args.resume is None and args.config is None:
+        raise MtlRayError("tune: give --config (a new search) or --resume DIR (continue one)")
+    if args.resume is not None and (args.config or args.overrides):
+        raise MtlRayError("tune --resume: the experiment's own config is used; drop --config and overrides")
+    cfg = load_config(args.config, args.overrides) if args.resume is None else None
+    summary = run_tune(cfg, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+    print(format_summary(summary, top=args.top))
+    return 0
+
+
 COMMANDS = {
+    "serve": cmd_serve,
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "doctor": cmd_doctor,
+    "tune": cmd_tune,
 }
 
 

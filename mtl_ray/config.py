@@ -160,6 +160,75 @@ class RayConfig:
     storage_path: str | None = None  # Ray Train storage (absolute path or URI); None -> <output_dir>/ray
     max_failures: int = 0  # worker-failure restarts from the last checkpoint
     num_to_keep: int = 2  # checkpoints kept (best by the aggregate validation score)
+    # stream the train split of user Parquet / JSONL tasks through Ray Data (read, split and tokenized
+    # by Ray Data tasks, sharded to the workers) instead of loading whole files on every worker
+    streaming: bool = False
+    data_cpus: float = 1.0  # CPUs the workers must leave free for Ray Data tasks when streaming
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"ray.num_workers: must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"ray.cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
+        if self.max_failures < -1:
+            raise ConfigError(f"ray.max_failures: must be >= -1 (-1: unlimited), got {self.max_failures}")
+        if self.num_to_keep < 1:
+            raise ConfigError(f"ray.num_to_keep: must be >= 1, got {self.num_to_keep}")
+        if self.data_cpus <= 0:
+            raise ConfigError(f"ray.data_cpus: must be > 0, got {self.data_cpus}")
+
+
+@dataclass
+class TuneConfig:
+    """Ray Tune search (``mtl-ray tune``): the space, the search and how wide trials run.
+
+    ``search_space`` maps a config key to one spec: ``{"choice": [...]}``, ``{"uniform": [low, high]}``,
+    ``{"loguniform": [low, high]}``, ``{"randint": [low, high]}`` (ints, both ends included), or for
+    ``tasks.*.loss_weight`` also ``{"simplex": true}`` (weights drawn uniformly on the simplex, scaled
+    to sum to the number of tasks so equal weights are 1.0 each). ``tasks.*.<key>`` expands to every
+    task. Keys are checked against the config when a search starts (``mtl_ray.tuning.space``).
+    """
+
+    search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    search_alg: str = "random"  # "random" (num_samples draws) or "grid" (every combination of choice specs)
+    num_samples: int = 8  # random search: sampled multi-task trials (baselines and the default come on top)
+    seed: int = 0  # seeds the random draws, so a search is reproducible and resumable
+    scheduler: str = "asha"  # "asha": stop poor trials at rungs of val/aggregate; "none": run all to the end
+    grace_period: int | None = None  # ASHA: optimizer steps before a trial can be stopped; None -> train.eval_every
+    reduction_factor: float = 2.0  # ASHA: keep the top 1/reduction_factor at each rung
+    metric: str = "val/aggregate"  # what ranks trials (higher is better)
+    max_concurrent_trials: int | None = None  # None -> as many as the cluster's CPUs / GPUs fit
+    workers_per_trial: int = 1  # 1: the plain loop in the trial; > 1: a TorchTrainer per trial
+    cpus_per_trial: float = 1.0  # per worker when workers_per_trial > 1
+    gpus_per_trial: float = 0.0  # per worker when workers_per_trial > 1
+    storage_path: str | None = None  # experiment storage (absolute path or URI); None -> train.output_dir
+    name: str = "tune"  # experiment name: <storage_path>/<name>
+    baselines: bool = True  # one single-task trial per supervised task (same budget, never stopped early)
+    include_default: bool = True  # always evaluate the base config itself (equal weights, k = L by default)
+
+    def __post_init__(self) -> None:
+        from mtl_ray.tuning.space import SEARCH_ALGS, parse_space  # lazy: tuning imports this module
+
+        if self.search_alg not in SEARCH_ALGS:
+            raise ConfigError(f"tune.search_alg: unknown {self.search_alg!r}; valid: {', '.join(SEARCH_ALGS)}")
+        if self.scheduler not in ("asha", "none"):
+            raise ConfigError(f"tune.scheduler: unknown {self.scheduler!r}; valid: asha, none")
+        for key in ("num_samples", "workers_per_trial"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"tune.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.grace_period is not None and self.grace_period < 1:
+            raise ConfigError(f"tune.grace_period: must be >= 1, got {self.grace_period}")
+        if self.reduction_factor <= 1:
+            raise ConfigError(f"tune.reduction_factor: must be > 1, got {self.reduction_factor}")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise ConfigError(f"tune.max_concurrent_trials: must be >= 1, got {self.max_concurrent_trials}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise ConfigError("tune.cpus_per_trial / tune.gpus_per_trial: must be > 0 / >= 0")
+        if self.metric != "val/aggregate" and not self.metric.startswith("val/"):
+            raise ConfigError(f"tune.metric: must be val/aggregate or val/<task>/<metric>, got {self.metric!r}")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"tune.name: must be a non-empty directory name, got {self.name!r}")
+        parse_space(self.search_space)  # structure only: spec kinds, bounds, lists
 
 
 @dataclass
@@ -171,6 +240,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)  # `mtl-ray tune` only
 
     def __post_init__(self) -> None:
         if not self.tasks:

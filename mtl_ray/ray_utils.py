@@ -54,22 +54,48 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail fast (a TCP connect, ``timeout_s``) when nothing listens at ``address``.
+    """Fail within ``timeout_s`` when no Ray cluster answers at ``address``.
 
-    ``"auto"`` and ``"local"`` are left to ``ray.init`` (they do not dial a remote host).
+    A GCS address (``host:port``) gets one gRPC call (``GetClusterId``): a refused or silent port, and
+    a port where something other than Ray answers (a proxy, a web server), are told apart from a
+    cluster that answers (with or without asking for its auth token, which ``ray.init`` then
+    handles). ``ray://`` (Ray Client) gets a TCP connect. ``"auto"`` / ``"local"`` are left to
+    ``ray.init``.
     """
     if address in ("auto", "local"):
         return
     host, port = _host_port(address)
+    where = f"(address from --address, ray.address or ${ADDRESS_ENV}; unset all three to start an embedded local Ray)"
+    if address.startswith("ray://"):
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return
+        except OSError as exc:
+            raise MtlRayError(
+                f"cannot reach a Ray cluster at {address!r} ({host}:{port}: {exc.strerror or exc}); is it up? {where}"
+            ) from None
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as exc:
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+            gcs_service_pb2.GetClusterIdRequest(), timeout=timeout_s
+        )
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return  # a Ray GCS that wants a token: ray.init reads it ($RAY_AUTH_MODE=token)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise MtlRayError(
+                f"cannot reach a Ray cluster at {address!r} ({exc.details()}); is it up? {where}"
+            ) from None
         raise MtlRayError(
-            f"cannot reach a Ray cluster at {address!r} ({host}:{port}: {exc.strerror or exc}); "
-            "is the cluster up? (address from --address, ray.address or $RAY_ADDRESS; "
-            "unset all three to start an embedded local Ray)"
+            f"{address!r} answers, but not as a Ray cluster's GCS ({code.name}: {exc.details()}); "
+            f"wrong host or port? The GCS listens on {DEFAULT_GCS_PORT} by default. {where}"
         ) from None
+    finally:
+        channel.close()
 
 
 @contextlib.contextmanager

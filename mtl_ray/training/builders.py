@@ -28,13 +28,19 @@ class TaskData:
         return len(self.splits[split]) if split in self.splits else 0
 
 
-def load_specs_and_splits(cfg: Config) -> tuple[dict[str, TaskSpec], dict[str, datasets.DatasetDict]]:
-    """Read every task's raw splits (built-in or user files) and resolve its spec."""
+def load_specs_and_splits(
+    cfg: Config, preloaded: dict[str, tuple[datasets.DatasetDict, list[str] | None]] | None = None
+) -> tuple[dict[str, TaskSpec], dict[str, datasets.DatasetDict]]:
+    """Read every task's raw splits (built-in or user files) and resolve its spec. ``preloaded``:
+    ``(splits, label_names)`` of tasks already read elsewhere (streamed tasks: eval splits only)."""
     specs: dict[str, TaskSpec] = {}
     raw: dict[str, datasets.DatasetDict] = {}
     for name in sorted(cfg.tasks):
         task = cfg.tasks[name]
-        splits, label_names = load_task_splits(task, cfg.data)
+        if preloaded is not None and name in preloaded:
+            splits, label_names = preloaded[name]
+        else:
+            splits, label_names = load_task_splits(task, cfg.data)
         specs[name] = TaskSpec.from_config(task, label_names)
         raw[name] = splits
     return specs, raw

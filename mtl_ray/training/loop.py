@@ -15,8 +15,8 @@ import contextlib
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +36,18 @@ from mtl_ray.training.weighting import build_weighting
 STATE_VERSION = 1
 
 
+class RowStream(Protocol):
+    """Training rows of one task from outside the in-memory splits, with resumable state."""
+
+    num_examples: int  # rows per epoch (all ranks together): the task sampler's size for this task
+
+    def next_rows(self, per_rank: int) -> list[dict[str, Any]]: ...  # this rank's next tokenized rows
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,7 +64,10 @@ class MultiTaskTrainer:
         data: dict[str, TaskData],
         pad_token_id: int,
         device: torch.device | str | None = None,
+        train_streams: Mapping[str, RowStream] | None = None,
     ) -> None:
+        """``train_streams``: tasks whose training rows come from a stream (e.g. a Ray Data shard)
+        instead of ``data[task].splits["train"]``; their ``data`` entry holds only eval splits."""
         self.cfg = cfg
         self.tcfg = cfg.train
         self.device = torch.device(device) if device is not None else resolve_device(cfg.train.device)
@@ -60,17 +75,21 @@ class MultiTaskTrainer:
         self.model = model.to(self.device)
         self.data = data
         self.pad_token_id = pad_token_id
-        self.train_tasks = sorted(t for t, d in data.items() if d.size("train") > 0)
+        self.external = dict(train_streams or {})
+        self.train_tasks = sorted({t for t, d in data.items() if d.size("train") > 0} | set(self.external))
         if not self.train_tasks:
             raise ValueError("no task has training data")
-        sizes = {t: data[t].size("train") for t in self.train_tasks}
+        sizes = {
+            t: self.external[t].num_examples if t in self.external else data[t].size("train") for t in self.train_tasks
+        }
         static = {t: data[t].spec.loss_weight for t in self.train_tasks}
         self.weighting = build_weighting(self.tcfg.weighting, static, self.tcfg).to(self.device)
         self.optimizer = build_optimizer(self.model, self.weighting, self.tcfg)
         self.scheduler = build_scheduler(self.optimizer, self.tcfg)
         self.sampler = build_sampler(self.tcfg.sampler, sizes, self.tcfg, self.tcfg.seed)
-        self.streams = {
-            t: TaskStream(t, sizes[t], self.tcfg.seed, self.rank, self.world_size) for t in self.train_tasks
+        self.streams: dict[str, TaskStream | RowStream] = {
+            t: self.external.get(t) or TaskStream(t, sizes[t], self.tcfg.seed, self.rank, self.world_size)
+            for t in self.train_tasks
         }
         self.step = 0
         self.examples_seen = 0  # global (all ranks) training examples so far
@@ -85,6 +104,13 @@ class MultiTaskTrainer:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _next_examples(self, task: str) -> list[dict[str, Any]]:
+        """This rank's ``batch_size`` tokenized training examples of ``task``."""
+        if task in self.external:
+            return self.external[task].next_rows(self.tcfg.batch_size)
+        idx = self.streams[task].next_batch(self.tcfg.batch_size)
+        return rows(self.data[task].splits["train"], idx)
 
     def _seed_step(self) -> None:
         # Dropout randomness is a pure function of (seed, step, rank): resuming needs no RNG state.
@@ -102,14 +128,14 @@ class MultiTaskTrainer:
         texts = 0
         for _ in range(accum):
             task = self.sampler.sample(self.step)
-            idx = self.streams[task].next_batch(self.tcfg.batch_size)
-            batch = self._to_device(collate(rows(self.data[task].splits["train"], idx), self.pad_token_id))
+            examples = self._next_examples(task)
+            batch = self._to_device(collate(examples, self.pad_token_id))
             with self._autocast():
                 task_loss = self.model.loss(task, batch)
             total = self.weighting.combine({task: task_loss.float()}) / accum
             total.backward()
             losses[task].append(float(task_loss.detach()))
-            texts += len(idx)
+            texts += len(examples)
         params = [p for p in self.model.parameters() if p.requires_grad] + list(self.weighting.parameters())
         dist_utils.allreduce_gradients(params)
         if self.tcfg.max_grad_norm > 0:

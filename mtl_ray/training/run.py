@@ -29,11 +29,12 @@ class RunSetup:
     data: dict[str, TaskData]
 
 
-def setup_run(cfg: Config) -> RunSetup:
-    """Load + tokenize every task and build the model (seeded, so every rank builds the same heads)."""
+def setup_run(cfg: Config, preloaded: dict[str, Any] | None = None) -> RunSetup:
+    """Load + tokenize every task and build the model (seeded, so every rank builds the same heads).
+    ``preloaded``: see :func:`~mtl_ray.training.builders.load_specs_and_splits`."""
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    specs, raw = load_specs_and_splits(cfg)
+    specs, raw = load_specs_and_splits(cfg, preloaded)
     torch.manual_seed(cfg.train.seed)
     model, tokenizer = build_model(cfg, specs)
     data = tokenize_tasks(specs, raw, tokenizer)
@@ -117,7 +118,7 @@ def write_run_outputs(out: Path, summary: dict[str, Any], history: list[dict[str
 
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     plot_history(history, out / "training_curves.png")
-    print("\nTest metrics (majority-class baseline in brackets):")
+    print("\nTest metrics ('baseline' rows: majority class / train mean):")
     print(format_table(summary["test"], summary["majority_baseline"]))
     return summary
 

@@ -1,0 +1,54 @@
+"""Ray Jobs entrypoint: a Ray Tune search (the config's ``tune:`` section) on the cluster the job runs on.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        .venv/bin/python jobs/tune.py --config configs/tune_smoke.yaml \
+        train.output_dir=/abs/runs/tune-smoke tune.storage_path=/abs/tune-results
+
+    ray job submit ... -- .venv/bin/python jobs/tune.py --resume /abs/tune-results/tune_smoke
+
+Inside a job ``RAY_ADDRESS`` points at the cluster, so ``run_tune`` joins it. A config or data problem
+exits with status 2 and one ``error:`` line (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import mtl_ray  # noqa: F401  (installed, or the job's working dir is on the path)
+except ImportError:  # `python jobs/tune.py` from a checkout: the repo root holds the package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mtl_ray.errors import MtlRayError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="jobs/tune.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", "-c", default=None, help="YAML config with a tune: section")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. tune.num_samples=4")
+    p.add_argument("--resume", default=None, help="experiment directory of an interrupted search")
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, set by Ray Jobs)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        from mtl_ray.config import load_config
+        from mtl_ray.ray_tune import format_summary, run_tune
+
+        if args.resume is None and args.config is None:
+            raise MtlRayError("give --config or --resume")
+        cfg = load_config(args.config, args.overrides) if args.resume is None else None
+        summary = run_tune(cfg, address=args.address, resume=args.resume)
+    except MtlRayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The search space declared under ``tune.search_space``, and the list of trials a search runs.
+
+A space maps a config key (dotted, as in ``key=value`` overrides) to one spec::
+
+    train.lr:              {loguniform: [1.0e-5, 3.0e-4]}
+    model.sharing_depth:   {choice: [0, 3, 6]}
+    train.temperature:     {uniform: [1.0, 5.0]}
+    train.max_steps:       {randint: [100, 300]}          # ints, both ends included
+    train.weighting:       {choice: [static, dwa]}
+    tasks.*.loss_weight:   {simplex: true}                # or per task: tasks.rt_sentiment.loss_weight: {...}
+
+``tasks.*.<key>`` applies the spec to every task independently (``simplex`` draws one point of the
+simplex for all tasks together). Sampling is plain Python seeded by ``tune.seed``: the trial list is
+fixed before Ray starts, so a search is reproducible and an interrupted one resumes the same trials.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtl_ray.errors import ConfigError
+
+SEARCH_ALGS = ("random", "grid")
+SPEC_KINDS = ("choice", "uniform", "loguniform", "randint", "simplex")
+WILDCARD = "tasks.*."
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One key's distribution."""
+
+    key: str  # dotted config key; may hold the ``tasks.*.`` wildcard
+    kind: str  # one of SPEC_KINDS
+    values: tuple[Any, ...] = ()  # choice: the options; uniform / loguniform / randint: (low, high)
+
+    def sample(self, rng: random.Random) -> Any:
+        if self.kind == "choice":
+            return self.values[rng.randrange(len(self.values))]
+        low, high = self.values
+        if self.kind == "uniform":
+            return rng.uniform(low, high)
+        if self.kind == "loguniform":
+            return math.exp(rng.uniform(math.log(low), math.log(high)))
+        if self.kind == "randint":
+            return rng.randint(low, high)
+        raise AssertionError(self.kind)  # simplex is sampled for all tasks together
+
+
+@dataclass
+class TrialSpec:
+    """One trial of a search: which tasks it trains and which overrides it applies to the base config."""
+
+    trial_id: str  # "single-<task>", "default", "search-003"
+    kind: str  # "single" (a single-task baseline), "default" (the base config), "search"
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, wildcards expanded
+    only_task: str | None = None  # single: the one task kept
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial_id,
+            "kind": self.kind,
+            "overrides": dict(self.overrides),
+            "only_task": self.only_task,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
+        return cls(d["trial_id"], d["kind"], dict(d.get("overrides") or {}), d.get("only_task"))
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    return value
+
+
+def parse_space(space: dict[str, Any]) -> list[ParamSpec]:
+    """Check the structure of every spec (kind, bounds, options); keys are checked by :func:`check_keys`."""
+    out = []
+    for key, spec in space.items():
+        where = f"tune.search_space.{key}"
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise ConfigError(f"{where}: expected one of {{{', '.join(SPEC_KINDS)}}}: ..., got {spec!r}")
+        ((kind, arg),) = spec.items()
+        if kind not in SPEC_KINDS:
+            raise ConfigError(f"{where}: unknown spec {kind!r}; valid: {', '.join(SPEC_KINDS)}")
+        if kind == "simplex":
+            if not (key.startswith(WILDCARD) and key.endswith(".loss_weight")):
+                raise ConfigError(f"{where}: simplex applies to tasks.*.loss_weight only")
+            if arg is not True:
+                raise ConfigError(f"{where}: write simplex: true")
+            out.append(ParamSpec(key, kind))
+            continue
+        if kind == "choice":
+            if not isinstance(arg, list) or not arg:
+                raise ConfigError(f"{where}.choice: expected a non-empty list of options, got {arg!r}")
+            out.append(ParamSpec(key, kind, tuple(arg)))
+            continue
+        if not isinstance(arg, list) or len(arg) != 2:
+            raise ConfigError(f"{where}.{kind}: expected [low, high], got {arg!r}")
+        low, high = (_number(v, f"{where}.{kind}") for v in arg)
+        if low > high:
+            raise ConfigError(f"{where}.{kind}: low {low} > high {high}")
+        if kind == "loguniform" and low <= 0:
+            raise ConfigError(f"{where}.loguniform: bounds must be > 0, got {low}")
+        if kind == "randint" and not (isinstance(low, int) and isinstance(high, int)):
+            raise ConfigError(f"{where}.randint: bounds must be integers, got {arg!r}")
+        out.append(ParamSpec(key, kind, (low, high)))
+    return out
+
+
+def _expand(key: str, value: Any, tasks: list[str]) -> dict[str, Any]:
+    if key.startswith(WILDCARD):
+        rest = key[len(WILDCARD) :]
+        return {f"tasks.{t}.{rest}": value for t in tasks}
+    return {key: value}
+
+
+def sample_overrides(specs: list[ParamSpec], tasks: list[str], rng: random.Random) -> dict[str, Any]:
+    """One draw of every spec; wildcard keys expanded to one value per task (each drawn independently)."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        if spec.kind == "simplex":
+            # uniform on the simplex = normalised Exp(1) draws (Dirichlet(1, ..., 1)); scaled by the
+            # number of tasks so the equal-weight point is 1.0 each, the static weighting's default
+            draws = [rng.expovariate(1.0) for _ in tasks]
+            total = sum(draws)
+            rest = spec.key[len(WILDCARD) :]
+            out.update({f"tasks.{t}.{rest}": len(tasks) * d / total for t, d in zip(tasks, draws)})
+        elif spec.key.startswith(WILDCARD):
+            for t in tasks:
+                out.update(_expand(spec.key.replace(WILDCARD, f"tasks.{t}.", 1), spec.sample(rng), tasks))
+        else:
+            out[spec.key] = spec.sample(rng)
+    return out
+
+
+def grid_overrides(specs: list[ParamSpec], tasks: list[str]) -> list[dict[str, Any]]:
+    """Every combination of the choice specs (grid search), in declaration order."""
+    for spec in specs:
+        if spec.kind != "choice":
+            raise ConfigError(f"tune.search_space.{spec.key}: search_alg=grid needs choice specs only, got {spec.kind}")
+    combos = itertools.product(*(spec.values for spec in specs))
+    out = []
+    for combo in combos:
+        overrides: dict[str, Any] = {}
+        for spec, value in zip(specs, combo):
+            overrides.update(_expand(spec.key, value, tasks))
+        out.append(overrides)
+    return out
+
+
+def override_strings(overrides: dict[str, Any]) -> list[str]:
+    """``key=value`` strings that ``apply_overrides`` parses back to the same values (YAML flow style)."""
+    import yaml
+
+    return [
+        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for k, v in overrides.items()
+    ]
+
+
+def apply_trial(base: dict[str, Any], trial: TrialSpec) -> dict[str, Any]:
+    """The trial's config as a plain dict: base + overrides, other tasks dropped for a single-task baseline."""
+    from mtl_ray.config import apply_overrides
+
+    data = apply_overrides(base, override_strings(trial.overrides))
+    if trial.only_task is not None:
+        data["tasks"] = {trial.only_task: data["tasks"][trial.only_task]}
+        data["tasks"][trial.only_task]["loss_weight"] = 1.0
+    data.pop("tune", None)  # a trial is a plain training run
+    return data
+
+
+def check_keys(base: dict[str, Any], specs: list[ParamSpec]) -> None:
+    """Every key must be a config key whose value the spec's options can take: apply a draw (every
+    option, for choice) to the base config and build it. Raises ConfigError naming the key."""
+    from mtl_ray.config import config_from_dict
+
+    if not specs:
+        raise ConfigError(
+            "tune.search_space: empty; declare at least one key (e.g. train.lr: {loguniform: [1e-5, 3e-4]})"
+        )
+    tasks = sorted(base.get("tasks") or {})
+    for spec in specs:
+        if spec.key.startswith("tune."):
+            raise ConfigError(f"tune.search_space.{spec.key}: the tune section cannot be searched")
+        if spec.key.startswith("tasks.") and not spec.key.startswith(WILDCARD):
+            task = spec.key.split(".")[1]
+            if task not in tasks:
+                raise ConfigError(f"tune.search_space.{spec.key}: unknown task {task!r}; tasks: {', '.join(tasks)}")
+        if spec.kind == "choice":
+            probes = list(spec.values)
+        elif spec.kind == "simplex":
+            probes = [None]
+        else:
+            probes = list(spec.values)
+        for value in probes:
+            overrides = (
+                sample_overrides([spec], tasks, random.Random(0)) if value is None else _expand(spec.key, value, tasks)
+            )
+            trial = TrialSpec("check", "search", overrides)
+            try:
+                data = apply_trial(base, trial)
+                _check_known_path(base, overrides)
+                config_from_dict(data)
+            except ConfigError as exc:
+                raise ConfigError(f"tune.search_space.{spec.key}: {exc}") from None
+
+
+def _check_known_path(base: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """``apply_overrides`` creates missing mappings; a key under ``tasks.<name>`` that is not a task
+    would silently add a task, so check the first two levels exist before building."""
+    for key in overrides:
+        parts = key.split(".")
+        if parts[0] == "tasks" and parts[1] not in (base.get("tasks") or {}):
+            raise ConfigError(f"{key}: unknown task {parts[1]!r}")
+
+
+def build_trials(base: dict[str, Any], tune_cfg: Any, supervised_tasks: list[str]) -> list[TrialSpec]:
+    """The experiment's trials in run order: single-task baselines, the default config, then the search
+    (``num_samples`` random draws or the full grid). ``tune_cfg`` is a :class:`~mtl_ray.config.TuneConfig`."""
+    specs = parse_space(tune_cfg.search_space)
+    check_keys(base, specs)
+    tasks = sorted(base["tasks"])
+    trials: list[TrialSpec] = []
+    if tune_cfg.baselines:
+        if len(supervised_tasks) < 2 and len(tasks) < 2:
+            raise ConfigError("tune.baselines: a single-task config has no multi-task trial to compare; set it false")
+        trials += [TrialSpec(f"single-{t}", "single", {}, only_task=t) for t in supervised_tasks]
+    if tune_cfg.include_default:
+        trials.append(TrialSpec("default", "default", {}))
+    if tune_cfg.search_alg == "grid":
+        draws = grid_overrides(specs, tasks)
+    else:
+        rng = random.Random(tune_cfg.seed)
+        draws = [sample_overrides(specs, tasks, rng) for _ in range(tune_cfg.num_samples)]
+    trials += [TrialSpec(f"search-{i:03d}", "search", o) for i, o in enumerate(draws)]
+    return trials
