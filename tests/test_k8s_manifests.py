@@ -1,0 +1,71 @@
+"""KubeRay manifests: the structure the operator expects, and a serveConfigV2 the app builder accepts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((K8S / name).read_text())
+
+
+def check_cluster_spec(spec: dict) -> None:
+    head = spec["headGroupSpec"]
+    assert isinstance(head["rayStartParams"], dict)
+    assert head["template"]["spec"]["containers"][0]["image"]
+    assert spec["enableInTreeAutoscaling"] is True
+    for group in spec["workerGroupSpecs"]:
+        assert {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template"} <= set(group)
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        assert group["template"]["spec"]["containers"][0]["image"]
+
+
+def test_rayjob_structure_and_entrypoint_parses():
+    job = load("rayjob-train.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert job["metadata"]["name"]
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    check_cluster_spec(job["spec"]["rayClusterSpec"])
+    # the entrypoint's arguments are what jobs/train.py accepts
+    import shlex
+    import sys
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    from train import parse_args
+
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["python", "jobs/train.py"]
+    args = parse_args(argv[2:])
+    assert args.storage_path.startswith("s3://")
+    from mtl_ray.config import load_config
+
+    cfg = load_config(ROOT / args.config, args.overrides)
+    assert cfg.ray.num_workers == 2 and cfg.ray.use_gpu
+
+
+def test_rayservice_structure_and_serve_config():
+    svc = load("rayservice.yaml")
+    assert (svc["apiVersion"], svc["kind"]) == ("ray.io/v1", "RayService")
+    check_cluster_spec(svc["spec"]["rayClusterConfig"])
+    serve_cfg = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    (app,) = serve_cfg["applications"]
+    assert app["import_path"] == "mtl_ray.serving.app:build_app"
+    names = {d["name"] for d in app["deployments"]}
+    assert {"Ingress", "Encoder"} <= names and any(n.startswith("Head-") for n in names)
+    for d in app["deployments"]:
+        auto = d["autoscaling_config"]
+        assert auto["min_replicas"] <= auto["max_replicas"]
+    # the app args validate against the typed serve config (checkpoint existence is checked at deploy)
+    from mtl_ray.serving.config import ServeConfig
+
+    ServeConfig.model_validate(app["args"])
+
+
+@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayservice.yaml"])
+def test_manifests_are_single_documents(name):
+    assert len(list(yaml.safe_load_all((K8S / name).read_text()))) == 1
