@@ -246,13 +246,13 @@ class IngressDeployment:
         self._pending.clear()
 
     async def _attach(self, task: str, app_name: str, timeout_s: float = 600.0) -> None:
-        handle = serve.get_deployment_handle(head_name(task), app_name=app_name)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            try:
+            try:  # both raise until the app exists and its head answers
+                handle = serve.get_deployment_handle(head_name(task), app_name=app_name)
                 spec = TaskSpec.from_dict(await asyncio.wait_for(handle.spec.remote(), timeout=10))
                 break
-            except Exception as exc:  # the app is still deploying (or failed: then it stays unserved)
+            except Exception as exc:  # still deploying (or failed: then the task stays unserved)
                 logger.info("added task %r: head in app %r not answering yet (%s)", task, app_name, exc)
                 await asyncio.sleep(1.0)
         else:
@@ -267,5 +267,9 @@ class IngressDeployment:
 
     def info(self) -> dict[str, Any]:
         return _replica_info(
-            tasks=sorted(self.gateway.specs), extra_heads=dict(self.extra_heads), auth=self.gateway.api_key is not None
+            tasks=sorted(self.gateway.specs),
+            extra_heads=dict(self.extra_heads),
+            attaching={t: ("done" if a.done() else "running") for t, a in self._attaching.items()},
+            pending=sorted(self._pending),
+            auth=self.gateway.api_key is not None,
         )
