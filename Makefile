@@ -43,9 +43,8 @@ format: venv  ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-demo: venv  ## prepare the real corpora, train + evaluate the multi-task model on the built-in tasks
-	$(VENV)/bin/mtl-ray data prepare
-	$(VENV)/bin/mtl-ray train --config configs/builtin.yaml
+demo: venv  ## real corpora → Ray Train → test table → Ray Serve → a sample answer for every task
+	$(VENV)/bin/mtl-ray demo --config configs/builtin.yaml
 
 bench: venv  ## benchmarks (results recorded in docs/benchmarks.md)
 	$(PY) bench/predictor_throughput.py

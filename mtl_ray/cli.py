@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the embedded local Ray (default: all)")
     tn.add_argument("--top", type=int, default=5, help="rows of the final table (default 5)")
 
+    demo = sub.add_parser("demo", help="end to end: prepare data, train on Ray, evaluate, serve, answer samples")
+    _add_config_args(demo, required=False)
+    demo.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1 for the Serve demo")
+
     sub.add_parser("doctor", help="versions, devices and which assets are cached")
     return parser
 
@@ -191,6 +195,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mtl_ray.config import load_config
+    from mtl_ray.ray_demo import run_demo
+
+    cfg = load_config(args.config or "configs/builtin.yaml", args.overrides)
+    run_demo(cfg, port=args.port)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     import platform
 
@@ -255,6 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(text, end="")
         return 0
 
+    import signal
     import time
 
     from ray import serve
@@ -265,7 +279,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     read_api_key(cfg.auth)  # auth configured but no key: fail here, not in a replica
     app = build_app(cfg)  # verifies the checkpoint(s) before Ray starts
     address = resolve_address()
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
     with ray_session(address, num_cpus=args.num_cpus):
+        # Ctrl-C and `kill` (a service manager) both shut the app down cleanly. Set after ray.init,
+        # which installs its own SIGTERM handler; SIGINT is re-armed because a shell starts
+        # background jobs with it ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, stop)
         try:
             serve.start(http_options={"host": args.host, "port": args.port})
             serve.run(app, name=args.app_name, route_prefix=args.route_prefix)
@@ -302,6 +325,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "demo": cmd_demo,
     "doctor": cmd_doctor,
     "tune": cmd_tune,
 }

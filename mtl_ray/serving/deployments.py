@@ -44,6 +44,8 @@ def _set_torch_threads(concurrent: int = 1) -> int:
     one; Ray sets OMP_NUM_THREADS=1 for fractional replicas, so this is always set explicitly)."""
     import ray
 
+    if not ray.is_initialized():  # the class used directly (unit tests): leave torch as it is
+        return torch.get_num_threads()
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     threads = torch_threads_for(cpus / concurrent)
     torch.set_num_threads(threads)
@@ -107,7 +109,9 @@ class HeadDeployment:
     """One task's layers k+1..L + head. Its weights come from ``user_config={"checkpoint": path}``
     (default: the served checkpoint); changing that reconfigures live replicas in place, so a head is
     replaced without restarting anything else. The new checkpoint is verified and checked to share
-    the served encoder's weights before the swap; on any error the update fails and says why."""
+    the served encoder's weights before the swap. A replica that cannot load its first head fails
+    (so does the deploy); a refused *replacement* keeps the previous head serving, logs the reason at
+    ERROR and reports it in ``info()["refused"]``."""
 
     def __init__(
         self, checkpoint: str, task: str, precision: str = "fp32", device: str = "auto", expect: dict | None = None
@@ -119,6 +123,7 @@ class HeadDeployment:
         self.device = device
         self.expect = expect
         self.part: HeadPart | None = None  # loaded by reconfigure (Serve calls it right after __init__)
+        self.refused: str | None = None  # the last replacement checkpoint refused, and why
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         user_config = dict(user_config or {})
@@ -128,9 +133,19 @@ class HeadDeployment:
         path = user_config.get("checkpoint") or self.reference
         if self.part is not None and self.part.checkpoint == os.path.abspath(path):
             return
-        self.part = HeadPart.from_checkpoint(
-            path, self.task, self.precision, self.device, reference=self.reference, expect=self.expect
-        )  # built fully before the swap: requests in flight finish on the old head
+        try:  # built fully before the swap: requests in flight finish on the old head
+            part = HeadPart.from_checkpoint(
+                path, self.task, self.precision, self.device, reference=self.reference, expect=self.expect
+            )
+        except Exception as exc:
+            if self.part is None:  # nothing to fall back to: fail the replica (and the deploy), saying why
+                raise
+            # Refusing by raising would take this task down (Serve replaces the replica, which fails the
+            # same way, and requests wait); keep serving the previous head and say so loudly instead.
+            self.refused = str(exc)
+            logger.error("Head-%s: refused new checkpoint, still serving %s: %s", self.task, self.part.checkpoint, exc)
+            return
+        self.part, self.refused = part, None
 
     def _loaded(self) -> HeadPart:
         if self.part is None:  # a config that dropped user_config: Serve never called reconfigure
@@ -150,7 +165,11 @@ class HeadDeployment:
     def info(self) -> dict[str, Any]:
         part = self._loaded()
         return _replica_info(
-            task=self.task, checkpoint=part.checkpoint, loaded_at=part.loaded_at, labels=part.spec.label_names
+            task=self.task,
+            checkpoint=part.checkpoint,
+            loaded_at=part.loaded_at,
+            labels=part.spec.label_names,
+            refused=self.refused,
         )
 
 

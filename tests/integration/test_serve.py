@@ -79,6 +79,7 @@ def checkpoints(tmp_path_factory):
     new_head = make_checkpoint(root / "new-head", encoder, sharing_depth=2, head_seed=7)
     extra_spec = {"extra": TaskSpec("extra", "classification", ("x", "y", "z"), ("accuracy",), max_length=32)}
     extra = make_checkpoint(root / "extra", encoder, sharing_depth=2, head_seed=3, specs=extra_spec)
+    foreign = make_checkpoint(root / "foreign", encoder, sharing_depth=2, perturb_encoder=True)
     tampered = Path(shutil.copytree(main_ck, root / "tampered"))
     weights = bytearray((tampered / "model.safetensors").read_bytes())
     weights[-5] ^= 0xFF
@@ -90,6 +91,7 @@ def checkpoints(tmp_path_factory):
         "main": main_ck,
         "new_head": new_head,
         "extra": extra,
+        "foreign": foreign,
         "tampered": tampered,
         "key_file": key_file,
         "build_args": [],
@@ -318,3 +320,21 @@ def test_a_tampered_checkpoint_fails_its_deploy_with_a_clear_message(app, cluste
         serve.delete("tampered")
     assert serve.status().applications["mtl"].status == "RUNNING"
     assert app["client"].post("/v1/predict", json={"texts": ["still serving"]}).status_code == 200
+
+
+def test_a_head_from_another_encoder_is_refused_and_the_old_one_keeps_serving(app, cluster, checkpoints):
+    before = app["client"].post("/v1/predict", json={"texts": TEXTS, "tasks": ["score"]}).json()
+    config = yaml.safe_load(app["config"].read_text())
+    head = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Head-score")
+    head["user_config"] = {"checkpoint": str(checkpoints["foreign"])}
+    path = app["config"].with_name("config-foreign.yaml")
+    path.write_text(yaml.safe_dump(config))
+    serve_run(path, cluster["gcs"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not replica_info("Head-score")["refused"]:
+        time.sleep(0.3)
+    info = replica_info("Head-score")
+    assert "different shared encoder weights" in info["refused"]
+    assert info["checkpoint"] == str(checkpoints["main"])
+    after = app["client"].post("/v1/predict", json={"texts": TEXTS, "tasks": ["score"]})
+    assert after.status_code == 200 and after.json() == before
