@@ -1,0 +1,230 @@
+"""Ray Jobs against a real head started with `ray start --head --block`, the way users submit work:
+
+    ray job submit --address http://127.0.0.1:<dash> --working-dir <repo> -- <venv python> jobs/X.py ...
+
+Checks: a training job succeeds and leaves a verified checkpoint; a deploy job puts the Serve app on the
+cluster, exits, and the app keeps answering (equal to the Predictor's answers); a bad config and a
+tampered checkpoint fail their jobs with one `error:` line and no traceback.
+
+The head runs with token auth off (local test only) and is stopped by SIGTERM to its own
+`ray start --block` process — never `ray stop`, which would kill every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from mtl_ray.checkpoint import verify_checkpoint
+from mtl_ray.predictor import Predictor
+from mtl_ray.testing import make_tiny_encoder
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PYTHON = str(BIN / "python")
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+TEXTS = ["good great fun film", "the worst boring plot"]
+
+
+def _conftest():
+    """``tests/conftest.py``'s plain helpers (conftests are not importable by name)."""
+    spec = importlib.util.spec_from_file_location("mtl_ray_tests_conftest", REPO / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Head:
+    def __init__(self, dashboard: str, gcs: str) -> None:
+        self.dashboard = dashboard
+        self.gcs = gcs
+
+    def ray(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "ray"), *args], capture_output=True, text=True, timeout=timeout, env=RAY_ENV, cwd=REPO
+        )
+
+    def submit(self, script: str, *args: str, timeout: float = 420) -> tuple[str, subprocess.CompletedProcess]:
+        # The job API answers before the head's dashboard agent has registered; until it has, a submit is
+        # refused with "No available agent" (and no job is created), so that one is retried.
+        deadline = time.monotonic() + 90
+        while True:
+            job_id = f"test-{Path(script).stem}-{uuid.uuid4().hex[:8]}"
+            proc = self.ray(
+                "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO), "--submission-id", job_id,
+                "--", PYTHON, script, *args,
+                timeout=timeout,
+            )  # fmt: skip
+            if "No available agent" not in proc.stderr or time.monotonic() > deadline:
+                return job_id, proc
+            time.sleep(2)
+
+    def status(self, job_id: str) -> str:
+        out = self.ray("job", "status", "--address", self.dashboard, job_id).stdout
+        for state in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+            if f"status: {state}" in out or f"'{state}'" in out or state in out.split():
+                return state
+        return out
+
+    def logs(self, job_id: str) -> str:
+        return self.ray("job", "logs", "--address", self.dashboard, job_id).stdout
+
+
+@pytest.fixture(scope="module")
+def head():
+    dash, gcs_port, client = free_port(), free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # short: unix socket paths are limited
+    log = open(Path(temp_dir) / "head.log", "w")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "ray"), "start", "--head", "--block",
+            "--port", str(gcs_port), "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
+            "--num-cpus", "4", "--temp-dir", temp_dir,
+            "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
+        ],
+        env=RAY_ENV, stdout=log, stderr=subprocess.STDOUT, cwd=temp_dir,
+    )  # fmt: skip
+    h = Head(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs_port}")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (Path(temp_dir) / "head.log").read_text()[-3000:]
+            if h.ray("job", "list", "--address", h.dashboard, timeout=30).returncode == 0:
+                break
+            assert time.monotonic() < deadline, "Ray head's job API did not come up in 120 s"
+            time.sleep(1)
+        yield h
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        log.close()
+        if not os.environ.get("KEEPRAY"):
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        else:
+            print("TEMPDIR", temp_dir)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs")
+    encoder = make_tiny_encoder(root / "encoder")
+    files = _conftest().write_tiny_tasks(root / "tasks")
+    return root, encoder, files
+
+
+def write_config(workspace, name: str, **extra) -> Path:
+    root, encoder, files = workspace
+    d = _conftest().tiny_config_dict(encoder, files, root / name / "out", max_steps=4, eval_every=2, log_every=2)
+    d["ray"] = {"num_workers": 1, "cpus_per_worker": 1}
+    d.update(extra)
+    path = root / name / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(d), encoding="utf-8")
+    return path
+
+
+def _explain(job_id: str, proc: subprocess.CompletedProcess, head: Head) -> str:
+    logs = head.logs(job_id)[-4000:]
+    return f"rc={proc.returncode}\n--- submit stderr ---\n{proc.stderr[-2000:]}\n--- logs ---\n{logs}"
+
+
+@pytest.fixture(scope="module")
+def trained(head, workspace):
+    root = workspace[0]
+    config = write_config(workspace, "train")
+    job_id, proc = head.submit("jobs/train.py", "--config", str(config), "--storage-path", str(root / "ray-results"))
+    assert proc.returncode == 0, _explain(job_id, proc, head)
+    assert head.status(job_id) == "SUCCEEDED", _explain(job_id, proc, head)
+    summary = json.loads((root / "train" / "out" / "summary.json").read_text())
+    return summary
+
+
+def test_train_then_deploy_job_serves_the_checkpoint(head, trained):
+    best = trained["best_checkpoint"]
+    assert trained["steps"] == 4
+    assert best and Path(best).is_dir()
+    verify_checkpoint(best)
+
+    port = free_port()
+    job_id, proc = head.submit("jobs/deploy.py", "--checkpoint", best, "--port", str(port), "--app-name", "jobs-test")
+    assert proc.returncode == 0, _explain(job_id, proc, head)
+    assert head.status(job_id) == "SUCCEEDED", _explain(job_id, proc, head)
+    assert f"serving at http://127.0.0.1:{port}/v1/predict" in head.logs(job_id)
+    try:
+        # the job's driver has exited; the app lives on in the cluster
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=60) as client:
+            assert client.get(f"{base}/healthz").status_code == 200
+            tasks = client.get(f"{base}/v1/tasks").json()["tasks"]
+            text_tasks = [t["name"] for t in tasks if t["input"] == "texts"]
+            assert sorted(text_tasks) == ["score", "sentiment"]
+            r = client.post(f"{base}/v1/predict", json={"texts": TEXTS})
+            assert r.status_code == 200, r.text
+            got = r.json()["predictions"]
+        assert sorted(got) == sorted(text_tasks)
+        assert all(len(got[t]) == len(TEXTS) for t in text_tasks)
+        ref = Predictor.from_checkpoint(best, device="cpu").predict(texts=TEXTS, tasks=["sentiment"])["sentiment"]
+        for a, b in zip(got["sentiment"], ref):
+            assert a["label"] == b["label"]
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+    finally:
+        shut = subprocess.run(
+            [str(BIN / "serve"), "shutdown", "-y", "-a", head.dashboard],
+            capture_output=True, text=True, timeout=120, env=RAY_ENV,
+        )  # fmt: skip
+        assert shut.returncode == 0, shut.stderr[-2000:]
+
+
+def test_bad_config_job_fails_with_one_error_line(head, workspace):
+    config = write_config(workspace, "bad", bogus_section={"x": 1})
+    start = time.monotonic()
+    job_id, proc = head.submit("jobs/train.py", "--config", str(config), timeout=180)
+    elapsed = time.monotonic() - start
+    assert head.status(job_id) == "FAILED", _explain(job_id, proc, head)
+    logs = head.logs(job_id)
+    errors = [line for line in logs.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "unknown key" in errors[0], logs[-3000:]
+    assert "Traceback" not in logs, logs[-3000:]
+    assert elapsed < 120, elapsed
+
+
+def test_deploy_job_refuses_a_tampered_checkpoint(head, trained, tmp_path):
+    bad = tmp_path / "tampered"
+    shutil.copytree(trained["best_checkpoint"], bad)
+    weights = bad / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    job_id, proc = head.submit("jobs/deploy.py", "--checkpoint", str(bad), "--port", str(free_port()), timeout=180)
+    assert head.status(job_id) == "FAILED", _explain(job_id, proc, head)
+    logs = head.logs(job_id)
+    errors = [line for line in logs.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "sha256" in errors[0], logs[-3000:]
+    assert "Traceback" not in logs, logs[-3000:]
