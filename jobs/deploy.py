@@ -1,7 +1,7 @@
 """Ray Jobs entrypoint: deploy the Serve app for a checkpoint onto the cluster the job runs on.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
-        .venv/bin/python jobs/deploy.py --checkpoint /abs/runs/smoke/checkpoints/step-0000010 \
+        "$PWD/.venv/bin/python" jobs/deploy.py --checkpoint /abs/runs/smoke/checkpoints/step-0000010 \
         --port 8000 [--config serve.yaml] [--set encoder.num_cpus=2 ...]
 
 The checkpoint is verified before anything is deployed. The job waits until ``/healthz`` answers,

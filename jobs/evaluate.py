@@ -1,7 +1,7 @@
 """Ray Jobs entrypoint: evaluate a checkpoint on a split of its tasks' data and write the metrics.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
-        .venv/bin/python jobs/evaluate.py --checkpoint /abs/runs/smoke/checkpoints/step-0000010 \
+        "$PWD"/.venv/bin/python jobs/evaluate.py --checkpoint /abs/runs/smoke/checkpoints/step-0000010 \
         --split test --output /abs/runs/smoke/eval-test.json
 
 A missing or tampered checkpoint exits with status 2 and one ``error:`` line (no traceback).

@@ -1,7 +1,7 @@
 """Ray Jobs entrypoint: multi-task training with Ray Train on the cluster the job runs on.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
-        .venv/bin/python jobs/train.py --config configs/smoke.yaml \
+        "$PWD"/.venv/bin/python jobs/train.py --config configs/smoke.yaml \
         train.output_dir=/abs/runs/smoke ray.num_workers=2 --storage-path /abs/ray-results
 
 Inside a job ``RAY_ADDRESS`` points at the cluster, so ``run_ray_training`` joins it. A config, data

@@ -1,10 +1,10 @@
 """Ray Jobs entrypoint: a Ray Tune search (the config's ``tune:`` section) on the cluster the job runs on.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
-        .venv/bin/python jobs/tune.py --config configs/tune_smoke.yaml \
+        "$PWD"/.venv/bin/python jobs/tune.py --config configs/tune_smoke.yaml \
         train.output_dir=/abs/runs/tune-smoke tune.storage_path=/abs/tune-results
 
-    ray job submit ... -- .venv/bin/python jobs/tune.py --resume /abs/tune-results/tune_smoke
+    ray job submit ... -- "$PWD"/.venv/bin/python jobs/tune.py --resume /abs/tune-results/tune_smoke
 
 Inside a job ``RAY_ADDRESS`` points at the cluster, so ``run_tune`` joins it. A config or data problem
 exits with status 2 and one ``error:`` line (no traceback).

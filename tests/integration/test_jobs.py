@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,6 +40,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PYTHON = str(BIN / "python")
 RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# the head's SIGTERM drain waits up to 30 s for idle worker leases; a throwaway test head needs none
+HEAD_ENV = {**RAY_ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 TEXTS = ["good great fun film", "the worst boring plot"]
 
 
@@ -82,11 +85,13 @@ class Head:
             time.sleep(2)
 
     def status(self, job_id: str) -> str:
-        out = self.ray("job", "status", "--address", self.dashboard, job_id).stdout
-        for state in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-            if f"status: {state}" in out or f"'{state}'" in out or state in out.split():
-                return state
-        return out
+        proc = self.ray("job", "status", "--address", self.dashboard, job_id)
+        out = proc.stdout + proc.stderr  # Ray's CLI logger writes to stderr
+        # running: "Status for job 'ID': RUNNING"; finished: "Job 'ID' succeeded" / "failed" / "was stopped"
+        m = re.search(r"Status for job '[^']+': (\w+)|Job '[^']+' (succeeded|failed|was stopped)", out)
+        if m is None:
+            return out
+        return m.group(1) or {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}[m.group(2)]
 
     def logs(self, job_id: str) -> str:
         return self.ray("job", "logs", "--address", self.dashboard, job_id).stdout
@@ -95,6 +100,14 @@ class Head:
 @pytest.fixture(scope="module")
 def head():
     dash, gcs_port, client = free_port(), free_port(), free_port()
+    # The per-node agents default to fixed ports (52365 ...): another Ray on the machine holding them leaves
+    # the head without a job agent ("No available agent to submit job"). Give them free ones too.
+    agent_ports = [
+        ("--dashboard-agent-listen-port", free_port()),
+        ("--dashboard-agent-grpc-port", free_port()),
+        ("--runtime-env-agent-port", free_port()),
+        ("--metrics-export-port", free_port()),
+    ]
     temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # short: unix socket paths are limited
     log = open(Path(temp_dir) / "head.log", "w")
     proc = subprocess.Popen(
@@ -103,8 +116,9 @@ def head():
             "--port", str(gcs_port), "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
             "--num-cpus", "4", "--temp-dir", temp_dir,
             "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
+            *(str(x) for pair in agent_ports for x in pair),
         ],
-        env=RAY_ENV, stdout=log, stderr=subprocess.STDOUT, cwd=temp_dir,
+        env=HEAD_ENV, stdout=log, stderr=subprocess.STDOUT, cwd=temp_dir,
     )  # fmt: skip
     h = Head(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs_port}")
     try:
@@ -124,10 +138,7 @@ def head():
             proc.kill()
             proc.wait(timeout=30)
         log.close()
-        if not os.environ.get("KEEPRAY"):
-            shutil.rmtree(temp_dir, ignore_errors=True)
-        else:
-            print("TEMPDIR", temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
