@@ -34,18 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtl_ray.config import Config, DataConfig, TaskConfig
+from mtl_ray.data.readers import SPLIT_ALIASES
 from mtl_ray.errors import DataError
 
 STREAM_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".jsonl.gz": "json"}
-SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "validation": "validation",
-    "valid": "validation",
-    "val": "validation",
-    "dev": "validation",
-    "test": "test",
-}
+SPLIT_NAMES = SPLIT_ALIASES  # the same split-file names as the in-memory reader
 SHUFFLE_BUFFER_ROWS = 256
 DATASET_PREFIX = "stream:"
 
