@@ -120,6 +120,25 @@ def test_texts(n: int, task: str = "rt_sentiment") -> list[str]:
     return (texts * (n // len(texts) + 1))[:n]
 
 
+def start_local_serve() -> int:
+    """A private local Ray on 127.0.0.1 (4 logical CPUs) with Serve's HTTP proxy on a free port; returns the port."""
+    import socket
+    import tempfile
+
+    import ray
+    from ray import serve
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(
+        address="local", num_cpus=4, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

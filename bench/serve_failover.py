@@ -17,16 +17,14 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray import serve  # noqa: E402
-from serve_common import http_load, test_texts  # noqa: E402
+from serve_common import http_load, start_local_serve, test_texts  # noqa: E402
 
 HEAD = "Head-rt_sentiment"
 
@@ -45,15 +43,8 @@ def main() -> None:
     from mtl_ray.serving.app import build_app
     from mtl_ray.serving.config import ServeConfig
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     texts = test_texts(1024)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(
-        address="local", num_cpus=4, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = start_local_serve()
     n = args.head_replicas
     cfg = ServeConfig(
         checkpoint=str(Path(args.checkpoint).absolute()),

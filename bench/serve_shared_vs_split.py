@@ -19,17 +19,15 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray import serve  # noqa: E402
-from serve_common import cpu_seconds, http_load, rss_mib, test_texts  # noqa: E402
+from serve_common import cpu_seconds, http_load, rss_mib, start_local_serve, test_texts  # noqa: E402
 
 
 @serve.deployment(name="SingleTaskModel")
@@ -237,15 +235,8 @@ def main() -> None:
 
     import ray
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     texts = test_texts(2048)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(
-        address="local", num_cpus=4, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = start_local_serve()
     results: dict[str, Any] = {"shared": [], "split": []}
     try:
         results["max_abs_diff_vs_predictor"] = check_equal_to_predictor(args, port, texts)
