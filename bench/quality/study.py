@@ -1,0 +1,254 @@
+"""Does multi-task learning pay here? Multi-task vs single-task on the built-in real tasks.
+
+    python bench/quality/study.py                       # the full study (3 seeds; ~1 h on 2 CPU cores)
+    python bench/quality/study.py --smoke --out /tmp/q  # every arm on tiny slices (what CI runs)
+    python bench/quality/study.py --report-only         # re-write the tables/plot from finished runs
+    python bench/quality/study.py --set train.batch_size=32 --mtl-steps 1000 --out runs/quality-gpu
+
+Arms (study_arms.py), each trained with the public library (``mtl_ray.training.run.train``, what
+``mtl-ray train --no-ray`` runs) on ``--config`` (default bench/quality/base.yaml) for every seed:
+single-task models (one per task), hard sharing (k = L), sharing depth k in {4, 2, 0}, uncertainty and
+DWA loss weighting, and SimCSE on the unlabeled text as an extra task. Same training compute per
+system: a multi-task model trains ``--mtl-steps`` steps, each single-task model ``--mtl-steps / T``.
+
+Resumable: a run whose ``result.json`` exists is not rerun; an interrupted run's folder is cleared and
+the run restarts. Checkpoints are deleted after each run (the study needs only the test metrics and
+the parameter count) unless ``--keep-checkpoints``. Writes ``<out>/report.md``, ``<out>/results.csv``,
+``<out>/quality.png`` and ``<out>/study.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parents[1]))
+
+from study_arms import Arm, Run, build_runs, study_arms, supervised_tasks  # noqa: E402
+from study_report import markdown, plot, summarize, write_csv  # noqa: E402
+
+RESULT = "result.json"
+SMOKE = {"max_train_examples": 32, "max_eval_examples": 16}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/quality/study.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Results and how to read them: docs/quality.md",
+    )
+    p.add_argument("--config", default=str(HERE / "base.yaml"), help="base mtl-ray config (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the base config")
+    p.add_argument("--out", default="runs/quality", help="study folder (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (--smoke: 0)")
+    p.add_argument("--mtl-steps", type=int, default=None, help="steps per multi-task model (default 200; --smoke 5)")
+    p.add_argument("--arms", default=None, help="comma-separated arm names (default: all)")
+    p.add_argument("--smoke", action="store_true", help="tiny slices (32 train / 16 eval rows per task), 1 seed")
+    p.add_argument("--report-only", action="store_true", help="no training: tables and plot from finished runs")
+    p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def load_base(args: argparse.Namespace) -> dict[str, Any]:
+    from mtl_ray.config import apply_overrides, config_from_dict, read_yaml_mapping
+
+    base = apply_overrides(read_yaml_mapping(args.config), args.set)
+    if args.smoke:
+        for task in base["tasks"].values():
+            task.update(SMOKE)
+    config_from_dict(base)  # validate now: a wrong key fails before any run starts
+    return base
+
+
+def num_layers(base: dict[str, Any]) -> int:
+    from mtl_ray.config import config_from_dict
+    from mtl_ray.model.encoder import encoder_layers, load_encoder
+
+    cfg = config_from_dict(base)
+    encoder, _ = load_encoder(cfg.model.encoder, cfg.data.resolved_cache_dir())
+    return len(encoder_layers(encoder))
+
+
+def select_arms(all_arms: list[Arm], names: str | None) -> list[Arm]:
+    if not names:
+        return all_arms
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = {a.name for a in all_arms}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise SystemExit(f"error: --arms: unknown arm(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    return [a for a in all_arms if a.name in wanted]
+
+
+def count_params(checkpoint: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            n = 1
+            for dim in f.get_slice(key).get_shape():
+                n *= int(dim)
+            total += n
+    return total
+
+
+def run_one(run: Run, keep_checkpoints: bool) -> dict[str, Any]:
+    """Train one run in this process (stdout to ``<run>/train.log``); write its ``result.json``."""
+    from mtl_ray.config import config_from_dict
+    from mtl_ray.training.run import train
+
+    out = Path(run.config["train"]["output_dir"])
+    if out.exists():
+        shutil.rmtree(out)  # an interrupted attempt: start it over (metrics.jsonl would append)
+    out.mkdir(parents=True)
+    cfg = config_from_dict(run.config)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        summary = train(cfg, progress=False)
+    (out / "train.log").write_text(log.getvalue(), encoding="utf-8")
+    ckpt = Path(summary["best_checkpoint"])
+    result = {
+        "arm": run.arm.name,
+        "seed": run.seed,
+        "task": run.task,
+        "steps": summary["steps"],
+        "params": count_params(ckpt),
+        "train_seconds": summary["train_seconds"],
+        "task_types": {name: t.type for name, t in cfg.tasks.items()},
+        "test": summary["test"],
+        "majority_baseline": summary["majority_baseline"],
+    }
+    if not keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    tmp = out / (RESULT + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    tmp.replace(out / RESULT)
+    return result
+
+
+def load_results(runs: list[Run]) -> list[dict[str, Any]]:
+    out = []
+    for run in runs:
+        path = Path(run.config["train"]["output_dir"]) / RESULT
+        if path.is_file():
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def write_report(out: Path, arms: list[Arm], runs: list[Run], layers: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    records = load_results(runs)
+    rows = summarize(records, arms, layers)
+    table = markdown(rows)
+    header = (
+        f"# Quality study ({meta['finished']}/{meta['total_runs']} runs finished)\n\n"
+        f"- command: `{meta['command']}`\n"
+        f"- seeds: {meta['seeds']}; multi-task steps: {meta['mtl_steps']}; single-task steps per task: "
+        f"{meta['single_steps']}; batch size: {meta['batch_size']}\n"
+        f"- machine: {meta['machine']['device']}, {meta['machine']['cpu_count']} CPUs, "
+        f"torch {meta['machine']['torch']} ({meta['machine']['torch_threads']} threads)\n"
+        f"- primary test metric per task (accuracy; Pearson for regression), mean ± std over seeds; "
+        f"Δm% against the single-task mean\n\n"
+    )
+    (out / "report.md").write_text(header + table, encoding="utf-8")
+    write_csv(records, out / "results.csv")
+    plot(rows, out / "quality.png", layers)
+    (out / "study.json").write_text(json.dumps({**meta, "rows": rows}, indent=2, default=str), encoding="utf-8")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mtl_ray.errors import MtlRayError
+
+    try:
+        base = load_base(args)
+        if not args.report_only:
+            from mtl_ray.config import config_from_dict
+            from mtl_ray.data.prepare import BUILTIN_TASKS, prepare_builtin
+
+            builtins = [t["source"].split(":", 1)[1] for t in base["tasks"].values() if str(t.get("source", "")).startswith("builtin:")]
+            names = sorted({*builtins, "unlabeled_text"} & set(BUILTIN_TASKS))
+            prepare_builtin(names, config_from_dict(base).data, progress=not args.no_progress)
+        layers = num_layers(base)
+    except MtlRayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seeds = args.seeds if args.seeds is not None else ([0] if args.smoke else [0, 1, 2])
+    mtl_steps = args.mtl_steps if args.mtl_steps is not None else (5 if args.smoke else 200)
+    arms = select_arms(study_arms(layers), args.arms)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        runs = build_runs(base, arms, seeds, mtl_steps, str(out / "runs"))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    todo = [r for r in runs if not (Path(r.config["train"]["output_dir"]) / RESULT).is_file()]
+    meta = {
+        "command": "python " + " ".join(["bench/quality/study.py", *(argv if argv is not None else sys.argv[1:])]),
+        "seeds": seeds,
+        "mtl_steps": mtl_steps,
+        "single_steps": mtl_steps // len(supervised_tasks(base)),
+        "batch_size": base.get("train", {}).get("batch_size"),
+        "machine": machine(),
+        "total_runs": len(runs),
+    }
+    print(f"{len(runs)} runs ({len(arms)} arms × {len(seeds)} seeds), {len(todo)} to train, k in 0..{layers}")
+    if not args.report_only and todo:
+        _train_all(todo, args)
+    meta["finished"] = len(load_results(runs))
+    rows = write_report(out, arms, runs, layers, meta)
+    print()
+    print(markdown(rows))
+    print(f"report: {out / 'report.md'}\nplot:   {out / 'quality.png'}\ncsv:    {out / 'results.csv'}")
+    return 0
+
+
+def _train_all(todo: list[Run], args: argparse.Namespace) -> None:
+    """Train the missing runs; the bar counts optimizer steps, so its time estimate weighs runs by size."""
+    from tqdm.auto import tqdm
+
+    from mtl_ray.tuning.deltam import primary_metrics
+
+    bar = tqdm(total=sum(r.steps for r in todo), unit="step", desc="study", disable=args.no_progress, dynamic_ncols=True)
+    for run in todo:
+        bar.set_postfix_str(run.run_id)
+        start = time.perf_counter()
+        result = run_one(run, args.keep_checkpoints)
+        prim = primary_metrics(result["test"], result["task_types"])
+        scores = " ".join(f"{t}={v:.3f}" for t, v in sorted(prim.items()))
+        bar.write(f"{run.run_id}: {time.perf_counter() - start:.0f} s  {scores}")
+        bar.update(run.steps)
+    bar.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The quality study's tables and plot, from the finished runs' records (pure Python + matplotlib).
+
+A record is what study.py writes per run (``result.json``)::
+
+    {"arm": "depth_k2", "seed": 0, "task": None or "bbc_topic", "steps": 200, "params": 41234567,
+     "train_seconds": 101.2, "task_types": {"bbc_topic": "classification", ...},
+     "test": {"bbc_topic": {"accuracy": 0.91, ...}, ...}}
+
+Δm% (mtl_ray.tuning.deltam) of a multi-task run compares its primary test metric per task with the
+single-task baseline's, averaged over the seeds (one baseline per task); mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from study_arms import Arm
+
+from mtl_ray.training.metrics import PRIMARY_METRIC
+from mtl_ray.tuning.deltam import delta_m, primary_metrics
+
+SINGLE = "single_task"
+
+
+def arm_seed_metrics(records: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """arm -> seed -> {"primary": task -> value, "params": int, "types": task -> type, "runs": n}.
+    The single-task arm's runs of one seed are merged: one value per task, parameters summed."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in records:
+        entry = out.setdefault(r["arm"], {}).setdefault(
+            int(r["seed"]), {"primary": {}, "params": 0, "types": {}, "runs": 0, "train_seconds": 0.0}
+        )
+        entry["primary"].update(primary_metrics(r["test"], r["task_types"]))
+        entry["types"].update({t: r["task_types"][t] for t in r["test"] if t in r["task_types"]})
+        entry["params"] += int(r["params"])
+        entry["runs"] += 1
+        entry["train_seconds"] += float(r.get("train_seconds", 0.0))
+    return out
+
+
+def single_baseline(per_arm: dict[str, dict[int, dict[str, Any]]]) -> dict[str, float]:
+    """task -> the single-task primary test metric, mean over seeds."""
+    values: dict[str, list[float]] = {}
+    for entry in per_arm.get(SINGLE, {}).values():
+        for task, v in entry["primary"].items():
+            values.setdefault(task, []).append(v)
+    return {task: statistics.fmean(v) for task, v in values.items()}
+
+
+def metric_names(types: dict[str, str]) -> dict[str, str]:
+    return {task: PRIMARY_METRIC[t] for task, t in types.items() if t in PRIMARY_METRIC}
+
+
+def layers_per_request(arm: Arm, num_layers: int, num_tasks: int) -> int:
+    """Encoder layers run to answer one text for every task: single-task models run the whole
+    encoder once per task; a model cut at k runs the k shared layers once and one tower per task."""
+    if arm.kind == "single":
+        return num_tasks * num_layers
+    k = num_layers if arm.sharing_depth is None else arm.sharing_depth
+    return k + num_tasks * (num_layers - k)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(records: list[dict[str, Any]], arms: list[Arm], num_layers: int) -> list[dict[str, Any]]:
+    """One row per arm that has results: per-task mean/std, Δm% mean/std, params, layers per request."""
+    per_arm = arm_seed_metrics(records)
+    base = single_baseline(per_arm)
+    rows = []
+    for arm in arms:
+        seeds = per_arm.get(arm.name)
+        if not seeds:
+            continue
+        types: dict[str, str] = {}
+        for entry in seeds.values():
+            types.update(entry["types"])
+        names = metric_names(types)
+        tasks = sorted(names)
+        per_task = {t: _mean_std([e["primary"][t] for e in seeds.values() if t in e["primary"]]) for t in tasks}
+        deltas = [delta_m(e["primary"], base, names) for e in seeds.values()]
+        task_deltas = {
+            t: _mean_std([(e["primary"][t] - base[t]) / abs(base[t]) * 100 * _sign(names[t])
+                          for e in seeds.values() if t in e["primary"] and t in base and base[t] != 0])
+            for t in tasks
+        }
+        rows.append(
+            {
+                "arm": arm.name,
+                "label": arm.label,
+                "kind": arm.kind,
+                "sharing_depth": arm.sharing_depth,
+                "seeds": sorted(seeds),
+                "metric_names": names,
+                "per_task": per_task,
+                "task_delta_pct": task_deltas,
+                "delta_m": _mean_std(deltas),
+                "params": max(e["params"] for e in seeds.values()),
+                "layers_per_request": layers_per_request(arm, num_layers, len(tasks)),
+                "train_seconds": statistics.fmean(e["train_seconds"] for e in seeds.values()),
+            }
+        )
+    return rows
+
+
+def _sign(metric: str) -> float:
+    return -1.0 if metric == "mse" else 1.0
+
+
+def _fmt(ms: tuple[float, float], digits: int = 3, signed: bool = False) -> str:
+    mean, std = ms
+    if math.isnan(mean):
+        return "–"
+    sign = "+" if signed else ""
+    return f"{mean:{sign}.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The per-arm table (primary test metric per task, mean ± std over seeds) and the per-task Δ table."""
+    if not rows:
+        return "(no finished runs)\n"
+    tasks = sorted({t for r in rows for t in r["per_task"]})
+    names = {t: n for r in rows for t, n in r["metric_names"].items()}
+    head = ["arm", "seeds", "params", "layers / request", *[f"{t} ({names[t]})" for t in tasks], "Δm%"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            r["label"],
+            str(len(r["seeds"])),
+            f"{r['params'] / 1e6:.1f} M",
+            str(r["layers_per_request"]),
+            *[_fmt(r["per_task"].get(t, (math.nan, math.nan))) for t in tasks],
+            _fmt(r["delta_m"], 2, signed=True),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Per task, % change of the primary test metric against the single-task baseline (mean ± std over seeds):", ""]
+    head = ["arm", *tasks]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r["kind"] == "single":
+            continue
+        cells = [r["label"], *[_fmt(r["task_delta_pct"].get(t, (math.nan, math.nan)), 1, signed=True) for t in tasks]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(records: list[dict[str, Any]], path: Path) -> None:
+    """Every test metric of every run: arm, seed, run task (single-task arm), task, metric, value."""
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["arm", "seed", "run_task", "task", "metric", "value", "params", "steps", "train_seconds"])
+        for r in sorted(records, key=lambda r: (r["arm"], r["seed"], r.get("task") or "")):
+            for task, metrics in sorted(r["test"].items()):
+                for metric, value in sorted(metrics.items()):
+                    w.writerow([r["arm"], r["seed"], r.get("task") or "", task, metric, value,
+                                r["params"], r["steps"], round(float(r.get("train_seconds", 0.0)), 1)])
+    tmp.replace(path)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, num_layers: int) -> None:
+    """Left: Δm% and parameters vs sharing depth k (single-task drawn at its own point). Right: per-task
+    % change against single-task for every multi-task arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    depth_rows = sorted(
+        (r for r in rows if r["arm"] == "hard_sharing" or r["arm"].startswith("depth_k")),
+        key=lambda r: r["sharing_depth"] if r["sharing_depth"] is not None else num_layers,
+    )
+    ks = [r["sharing_depth"] if r["sharing_depth"] is not None else num_layers for r in depth_rows]
+    if depth_rows:
+        ax.errorbar(ks, [r["delta_m"][0] for r in depth_rows], yerr=[r["delta_m"][1] for r in depth_rows],
+                    marker="o", capsize=4, color="tab:blue", label="Δm% vs single-task (test)")
+    ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("sharing depth k (layers shared by all tasks)")
+    ax.set_ylabel("Δm% (mean ± std over seeds)", color="tab:blue")
+    ax.set_xticks(range(0, num_layers + 1))
+    twin = ax.twinx()
+    if depth_rows:
+        twin.plot(ks, [r["params"] / 1e6 for r in depth_rows], marker="s", color="tab:orange", label="parameters")
+    single = next((r for r in rows if r["kind"] == "single"), None)
+    if single is not None:
+        twin.axhline(single["params"] / 1e6, color="tab:orange", ls=":", lw=1, label="single-task models (sum)")
+    twin.set_ylabel("parameters (M)", color="tab:orange")
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
+    if handles:
+        ax.legend(handles, labels, loc="best", fontsize=8)
+    ax.set_title("Sharing depth: quality and size")
+
+    multi = [r for r in rows if r["kind"] == "multi"]
+    tasks = sorted({t for r in multi for t in r["task_delta_pct"]})
+    width = 0.8 / max(len(multi), 1)
+    for i, r in enumerate(multi):
+        xs = [j + i * width for j in range(len(tasks))]
+        vals = [r["task_delta_pct"].get(t, (math.nan, math.nan)) for t in tasks]
+        ax2.bar(xs, [v[0] for v in vals], width, yerr=[v[1] for v in vals], capsize=2, label=r["arm"])
+    ax2.axhline(0.0, color="grey", lw=0.8)
+    ax2.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=15, fontsize=8)
+    ax2.set_ylabel("% change vs single-task (primary test metric)")
+    ax2.set_title("Per task, every multi-task arm")
+    if multi:
+        ax2.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
