@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Demo / test caches: prepared corpora and pinned assets (see docs/data.md)
 export MTL_RAY_CACHE ?= $(HOME)/.cache/mtl-ray
 
-.PHONY: help venv test test-unit test-integration test-real lint format demo bench clean
+.PHONY: help venv test test-unit test-integration test-real lint format demo bench quality clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -49,6 +49,9 @@ demo: venv  ## real corpora → Ray Train → test table → Ray Serve → a sam
 bench: venv  ## benchmarks (results recorded in docs/benchmarks.md)
 	$(PY) bench/predictor_throughput.py
 	$(PY) bench/ray_train_overhead.py
+
+quality: venv  ## the multi-task vs single-task quality study (3 seeds, ~1.5 h on 2 cores; docs/quality.md)
+	$(PY) bench/quality/study.py --set train.num_threads=1
 
 clean:  ## remove run outputs (keeps the venv and the asset cache)
 	rm -rf runs .pytest_cache .ruff_cache

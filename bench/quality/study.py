@@ -12,7 +12,8 @@ DWA loss weighting, and SimCSE on the unlabeled text as an extra task. Same trai
 system: a multi-task model trains ``--mtl-steps`` steps, each single-task model ``--mtl-steps / T``.
 
 Resumable: a run whose ``result.json`` exists is not rerun; an interrupted run's folder is cleared and
-the run restarts. Checkpoints are deleted after each run (the study needs only the test metrics and
+the run restarts. Parallel: study processes sharing one ``--out`` (``--seeds 0`` / ``--seeds 1`` ...)
+claim runs with lock files, so each run is trained once. Checkpoints are deleted after each run (the study needs only the test metrics and
 the parameter count) unless ``--keep-checkpoints``. Writes ``<out>/report.md``, ``<out>/results.csv``,
 ``<out>/quality.png`` and ``<out>/study.json``.
 """
@@ -163,7 +164,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_report(out: Path, arms: list[Arm], runs: list[Run], layers: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
+def write_report(
+    out: Path, arms: list[Arm], runs: list[Run], layers: int, meta: dict[str, Any]
+) -> list[dict[str, Any]]:
     records = load_results(runs)
     rows = summarize(records, arms, layers)
     table = markdown(rows)
@@ -194,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
             from mtl_ray.config import config_from_dict
             from mtl_ray.data.prepare import BUILTIN_TASKS, prepare_builtin
 
-            builtins = [t["source"].split(":", 1)[1] for t in base["tasks"].values() if str(t.get("source", "")).startswith("builtin:")]
+            builtins = [
+                t["source"].split(":", 1)[1]
+                for t in base["tasks"].values()
+                if str(t.get("source", "")).startswith("builtin:")
+            ]
             names = sorted({*builtins, "unlabeled_text"} & set(BUILTIN_TASKS))
             prepare_builtin(names, config_from_dict(base).data, progress=not args.no_progress)
         layers = num_layers(base)
@@ -233,21 +240,64 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train_all(todo: list[Run], args: argparse.Namespace) -> None:
-    """Train the missing runs; the bar counts optimizer steps, so its time estimate weighs runs by size."""
+    """Train the missing runs; the bar counts optimizer steps, so its time estimate weighs runs by size.
+    Several study processes may share one ``--out`` (e.g. one per seed, ``--seeds 1``): each run is
+    claimed with a lock file first, and a run finished or claimed by another live process is skipped."""
     from tqdm.auto import tqdm
 
     from mtl_ray.tuning.deltam import primary_metrics
 
-    bar = tqdm(total=sum(r.steps for r in todo), unit="step", desc="study", disable=args.no_progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(r.steps for r in todo), unit="step", desc="study", disable=args.no_progress, dynamic_ncols=True
+    )
     for run in todo:
         bar.set_postfix_str(run.run_id)
-        start = time.perf_counter()
-        result = run_one(run, args.keep_checkpoints)
+        out = Path(run.config["train"]["output_dir"])
+        if (out / RESULT).is_file() or not claim(out):
+            bar.write(f"{run.run_id}: finished or running in another study process, skipped")
+            bar.update(run.steps)
+            continue
+        try:
+            start = time.perf_counter()
+            result = run_one(run, args.keep_checkpoints)
+        finally:
+            release(out)
         prim = primary_metrics(result["test"], result["task_types"])
         scores = " ".join(f"{t}={v:.3f}" for t, v in sorted(prim.items()))
         bar.write(f"{run.run_id}: {time.perf_counter() - start:.0f} s  {scores}")
         bar.update(run.steps)
     bar.close()
+
+
+def _lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def claim(out: Path) -> bool:
+    """Take ``<run>.lock`` (holding this PID); a lock whose process is gone is taken over."""
+    lock = _lock_path(out)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)
+                return False  # alive: another study process trains this run
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale: its process died
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release(out: Path) -> None:
+    _lock_path(out).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ def study_arms(num_layers: int) -> list[Arm]:
     arms += [
         Arm("uncertainty", "multi", f"k={num_layers}, uncertainty weighting", num_layers, "uncertainty"),
         Arm("dwa", "multi", f"k={num_layers}, DWA weighting", num_layers, "dwa"),
-        Arm("unsupervised", "multi", f"k={num_layers}, static + SimCSE on unlabeled text", num_layers, unsupervised=True),
+        Arm(
+            "unsupervised", "multi", f"k={num_layers}, static + SimCSE on unlabeled text", num_layers, unsupervised=True
+        ),
     ]
     return arms
 
@@ -72,9 +74,7 @@ def supervised_tasks(base: dict[str, Any]) -> list[str]:
     return [name for name, t in base["tasks"].items() if t.get("type", "classification") != "contrastive"]
 
 
-def build_runs(
-    base: dict[str, Any], arms: list[Arm], seeds: list[int], mtl_steps: int, out_dir: str
-) -> list[Run]:
+def build_runs(base: dict[str, Any], arms: list[Arm], seeds: list[int], mtl_steps: int, out_dir: str) -> list[Run]:
     """Every run of the study, seed-major (all arms of seed 0 first, so a partial study still compares
     complete seeds). ``out_dir``: each run's ``train.output_dir`` is ``<out_dir>/<run_id>``."""
     tasks = supervised_tasks(base)

@@ -88,8 +88,13 @@ def summarize(records: list[dict[str, Any]], arms: list[Arm], num_layers: int) -
         per_task = {t: _mean_std([e["primary"][t] for e in seeds.values() if t in e["primary"]]) for t in tasks}
         deltas = [delta_m(e["primary"], base, names) for e in seeds.values()]
         task_deltas = {
-            t: _mean_std([(e["primary"][t] - base[t]) / abs(base[t]) * 100 * _sign(names[t])
-                          for e in seeds.values() if t in e["primary"] and t in base and base[t] != 0])
+            t: _mean_std(
+                [
+                    (e["primary"][t] - base[t]) / abs(base[t]) * 100 * _sign(names[t])
+                    for e in seeds.values()
+                    if t in e["primary"] and t in base and base[t] != 0
+                ]
+            )
             for t in tasks
         }
         rows.append(
@@ -141,7 +146,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             _fmt(r["delta_m"], 2, signed=True),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Per task, % change of the primary test metric against the single-task baseline (mean ± std over seeds):", ""]
+    lines += [
+        "",
+        "Per task, % change of the primary test metric against the single-task baseline (mean ± std over seeds):",
+        "",
+    ]
     head = ["arm", *tasks]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -161,8 +170,19 @@ def write_csv(records: list[dict[str, Any]], path: Path) -> None:
         for r in sorted(records, key=lambda r: (r["arm"], r["seed"], r.get("task") or "")):
             for task, metrics in sorted(r["test"].items()):
                 for metric, value in sorted(metrics.items()):
-                    w.writerow([r["arm"], r["seed"], r.get("task") or "", task, metric, value,
-                                r["params"], r["steps"], round(float(r.get("train_seconds", 0.0)), 1)])
+                    w.writerow(
+                        [
+                            r["arm"],
+                            r["seed"],
+                            r.get("task") or "",
+                            task,
+                            metric,
+                            value,
+                            r["params"],
+                            r["steps"],
+                            round(float(r.get("train_seconds", 0.0)), 1),
+                        ]
+                    )
     tmp.replace(path)
 
 
@@ -181,8 +201,15 @@ def plot(rows: list[dict[str, Any]], path: Path, num_layers: int) -> None:
     )
     ks = [r["sharing_depth"] if r["sharing_depth"] is not None else num_layers for r in depth_rows]
     if depth_rows:
-        ax.errorbar(ks, [r["delta_m"][0] for r in depth_rows], yerr=[r["delta_m"][1] for r in depth_rows],
-                    marker="o", capsize=4, color="tab:blue", label="Δm% vs single-task (test)")
+        ax.errorbar(
+            ks,
+            [r["delta_m"][0] for r in depth_rows],
+            yerr=[r["delta_m"][1] for r in depth_rows],
+            marker="o",
+            capsize=4,
+            color="tab:blue",
+            label="Δm% vs single-task (test)",
+        )
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("sharing depth k (layers shared by all tasks)")
     ax.set_ylabel("Δm% (mean ± std over seeds)", color="tab:blue")
