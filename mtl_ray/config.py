@@ -190,9 +190,11 @@ class TuneConfig:
     """
 
     search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
-    search_alg: str = "random"  # "random" (num_samples draws) or "grid" (every combination of choice specs)
-    num_samples: int = 8  # random search: sampled multi-task trials (baselines and the default come on top)
-    seed: int = 0  # seeds the random draws, so a search is reproducible and resumable
+    # "random" (num_samples draws), "grid" (every combination of choice specs) or "optuna" (num_samples
+    # trials suggested by Optuna's TPE through Ray Tune's OptunaSearch; needs `pip install 'mtl-ray[optuna]'`)
+    search_alg: str = "random"
+    num_samples: int = 8  # random / optuna: searched multi-task trials (baselines and the default come on top)
+    seed: int = 0  # seeds the random draws (optuna: the TPE sampler), so a search is reproducible
     scheduler: str = "asha"  # "asha": stop poor trials at rungs of val/aggregate; "none": run all to the end
     grace_period: int | None = None  # ASHA: optimizer steps before a trial can be stopped; None -> train.eval_every
     reduction_factor: float = 2.0  # ASHA: keep the top 1/reduction_factor at each rung

@@ -9,7 +9,12 @@ Tune through ``TuneReportCallback`` (Ray 2.60 / Train V2 cannot tune a ``TorchTr
 
 The trial list (single-task baselines, the default config, then the search) is drawn in plain Python
 (``mtl_ray.tuning.space``) before Ray starts and handed to Tune as one grid axis, so trials run in that
-order and a resumed experiment runs the same trials. Single-task baselines report under ``single/``:
+order and a resumed experiment runs the same trials. With ``tune.search_alg: optuna`` the search is
+adaptive and cannot be pre-drawn: :class:`FixedThenSearch` hands Tune the same fixed trials first, then
+``num_samples`` trials suggested by Ray Tune's ``OptunaSearch`` (TPE, seeded by ``tune.seed``) over
+Tune distributions built from the space (:func:`tune_search_space`). It is one Tune experiment either
+way: one trial function, one scheduler, one result grid, and ``Tuner.restore`` restores the searcher
+(Optuna's study included) with the trials. Single-task baselines report under ``single/``:
 ASHA ranks ``val/aggregate`` only, so it never compares them with multi-task trials, and they always
 get the full budget (``TUNE_DISABLE_STRICT_METRIC_CHECKING`` lets them omit the scheduler's metric).
 """
@@ -25,11 +30,21 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search import Searcher
 
 from mtl_ray.config import Config, config_from_dict, config_to_dict
 from mtl_ray.errors import ConfigError, MtlRayError
 from mtl_ray.tuning.report import SINGLE_PREFIX, build_rows, markdown_table
-from mtl_ray.tuning.space import TrialSpec, apply_trial, build_trials
+from mtl_ray.tuning.space import (
+    ParamSpec,
+    TrialSpec,
+    apply_trial,
+    build_trials,
+    params_to_overrides,
+    parse_space,
+    require_optuna,
+    search_params,
+)
 
 SETUP_FILE = "mtl_tune_setup.json"  # base config + trial list: what `--resume` rebuilds the trainable from
 TUNE_ENV_DEFAULTS = {
@@ -102,7 +117,13 @@ def _fit_local(cfg: Config, cpus: float, prefix: str) -> None:
 
 def _fit_distributed(cfg: Config, trial: TrialSpec, tune_section: dict[str, Any], prefix: str) -> None:
     """A TorchTrainer of ``workers_per_trial`` workers running the Ray Train worker loop; its reports
-    (and checkpoints) reach Tune through the callback."""
+    reach Tune through the callback, which puts the checkpoint's path in the metrics
+    (``checkpoint_path``) instead of handing Tune the checkpoint (the records read it from there).
+
+    The Train run is named after the Tune trial's id (stable across ``Tuner.restore``): a trial that a
+    resumed experiment restarts finds its own run's checkpoints (Train V2 restores the latest one of a
+    run of the same name and storage) and continues from there; a new experiment has new trial ids."""
+    from ray import tune
     from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -110,19 +131,21 @@ def _fit_distributed(cfg: Config, trial: TrialSpec, tune_section: dict[str, Any]
 
     for key, value in RAY_TRAIN_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    workers = int(tune_section["workers_per_trial"])
     gpus = float(tune_section.get("gpus_per_trial", 0.0))
-    per_worker = {"CPU": float(tune_section.get("cpus_per_trial", 1.0))}
+    cpus = float(tune_section.get("cpus_per_trial", 1.0))
+    per_worker = {"CPU": cpus}
     if gpus > 0:
         per_worker["GPU"] = gpus
+    # the trial's own run: its saved config says how wide it trained (workers size their torch threads by it)
+    cfg.ray.num_workers, cfg.ray.cpus_per_worker, cfg.ray.use_gpu = workers, cpus, gpus > 0
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "resume_from": None, "fault": None, "streamed": {}},
-        scaling_config=ScalingConfig(
-            num_workers=int(tune_section["workers_per_trial"]), use_gpu=gpus > 0, resources_per_worker=per_worker
-        ),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         run_config=RunConfig(
-            name=f"{trial.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{trial.trial_id}-{tune.get_context().get_trial_id()}",
             storage_path=str(Path(cfg.train.output_dir) / "ray"),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=[_PrefixedTuneReportCallback(prefix)],
@@ -141,6 +164,113 @@ class _PrefixedTuneReportCallback(TuneReportCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         super().after_report(run_context, [_prefixed(m, self._prefix) for m in metrics], checkpoint)
+
+
+# =========================================================================== adaptive search (optuna)
+
+
+def tune_search_space(specs: list[ParamSpec], tasks: list[str]) -> dict[str, Any]:
+    """The space's flat parameters (:func:`~mtl_ray.tuning.space.search_params`) as Tune distributions:
+    choice -> ``tune.choice``, uniform -> ``tune.uniform``, loguniform -> ``tune.loguniform``, randint
+    ``[low, high]`` (both ends included) -> ``tune.randint(low, high + 1)`` (Tune excludes the upper end)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for name, param in search_params(specs, tasks).items():
+        if param.kind == "choice":
+            out[name] = tune.choice(list(param.values))
+        elif param.kind == "uniform":
+            out[name] = tune.uniform(*param.values)
+        elif param.kind == "loguniform":
+            out[name] = tune.loguniform(*param.values)
+        elif param.kind == "randint":
+            low, high = param.values
+            out[name] = tune.randint(low, high + 1)
+        else:  # search_params leaves no other kind
+            raise AssertionError(param.kind)
+    return out
+
+
+class FixedThenSearch(Searcher):
+    """Tune searcher: first the pre-drawn fixed trials (baselines, the default config) in list order,
+    then whatever ``searcher`` (an ``OptunaSearch``) suggests, each suggestion turned into a
+    ``search-NNN`` :class:`TrialSpec` whose overrides are :func:`params_to_overrides` of it (the raw
+    suggestion stays in the trial config under ``search``). Results of fixed trials never reach the
+    inner searcher: baselines score another metric and the default is not a point of the space.
+
+    Tune saves this wrapper's counters with ``get_state`` and the inner searcher (Optuna's study) with
+    its own ``save``; ``Tuner.restore`` brings both back, so a resumed search continues the numbering
+    and the study."""
+
+    def __init__(
+        self,
+        searcher: Searcher,
+        fixed: list[dict[str, Any]],
+        search_space: dict[str, Any],
+        tasks: list[str],
+        metric: str,
+        mode: str = "max",
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.searcher = searcher  # the attribute name Tune's save / restore walk wrappers by
+        self._fixed = list(fixed)
+        self._space = dict(search_space)
+        self._tasks = list(tasks)
+        self._handed = 0  # suggestions handed out, fixed ones included
+        self._fixed_ids: set[str] = set()  # Tune trial ids of the fixed trials
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self._handed < len(self._fixed):
+            spec = self._fixed[self._handed]
+            self._handed += 1
+            self._fixed_ids.add(trial_id)
+            return {"trial": dict(spec)}
+        params = self.searcher.suggest(trial_id)
+        if params is None or params == Searcher.FINISHED:
+            return params
+        n = self._handed - len(self._fixed)
+        self._handed += 1
+        overrides = params_to_overrides(parse_space(self._space), self._tasks, params)
+        return {"trial": TrialSpec(f"search-{n:03d}", "search", overrides).to_dict(), "search": dict(params)}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id not in self._fixed_ids:
+            self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id not in self._fixed_ids:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def get_state(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "searcher"}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per created study / trial
+
+
+def optuna_search(tune_cfg: Any, base: dict[str, Any], fixed: list[TrialSpec], concurrency: int) -> Any:
+    """``ConcurrencyLimiter(FixedThenSearch(OptunaSearch(TPE, seed=tune.seed)))`` over the space."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    _quiet_optuna()
+    tasks = sorted(base["tasks"])
+    space = OptunaSearch.convert_search_space(tune_search_space(parse_space(tune_cfg.search_space), tasks))
+    inner = OptunaSearch(space=space, metric=tune_cfg.metric, mode="max", seed=tune_cfg.seed)
+    searcher = FixedThenSearch(inner, [t.to_dict() for t in fixed], tune_cfg.search_space, tasks, tune_cfg.metric)
+    return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
 
 
 # =========================================================================== driver side
@@ -188,8 +318,13 @@ def plan(cfg: Config) -> tuple[dict[str, Any], list[TrialSpec]]:
 
 
 def _check_depths(trials: list[TrialSpec], base: dict[str, Any], num_layers: int) -> None:
-    for trial in trials:
-        k = trial.overrides.get("model.sharing_depth", base["model"].get("sharing_depth"))
+    """Every sharing depth a trial can take lies in [0, L]: the listed trials' and, for an adaptive
+    search whose trials are not drawn yet, every option / both ends of the space's spec."""
+    depths = [trial.overrides.get("model.sharing_depth", base["model"].get("sharing_depth")) for trial in trials]
+    for spec in parse_space((base.get("tune") or {}).get("search_space") or {}):
+        if spec.key == "model.sharing_depth" and spec.kind in ("choice", "randint", "uniform"):
+            depths += list(spec.values)
+    for k in depths:
         if k is not None and not 0 <= int(k) <= num_layers:
             raise ConfigError(
                 f"tune.search_space.model.sharing_depth: {k} is outside [0, {num_layers}] for this encoder"
@@ -197,17 +332,26 @@ def _check_depths(trials: list[TrialSpec], base: dict[str, Any], num_layers: int
 
 
 def _scheduler(cfg: Config) -> Any:
+    """ASHA over ``step``: rungs at ``grace_period · reduction_factor^i`` below ``train.max_steps``.
+
+    No decision is taken at the last step (``max_t`` just below it, ``stop_last_trials=False``): a
+    trial that has run its budget ends by itself instead of being stopped at its final report. The
+    scores are the same either way, but a stop kills the trial's actor, and a multi-worker trial
+    killed that way leaves its Train run's placement group to Ray Train's cleaner instead of
+    releasing it when its run ends."""
     if cfg.tune.scheduler == "none":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
+    grace = min(cfg.tune.grace_period or cfg.train.eval_every, cfg.train.max_steps)
     return ASHAScheduler(
         time_attr="step",
         metric=cfg.tune.metric,
         mode="max",
-        max_t=cfg.train.max_steps,
-        grace_period=min(cfg.tune.grace_period or cfg.train.eval_every, cfg.train.max_steps),
+        max_t=max(grace, cfg.train.max_steps - 1),
+        grace_period=grace,
         reduction_factor=cfg.tune.reduction_factor,
+        stop_last_trials=False,
     )
 
 
@@ -249,6 +393,8 @@ def run_tune(
         setup = _read_setup(Path(resume))
         base, trials = setup["base"], [TrialSpec.from_dict(t) for t in setup["trials"]]
         cfg = config_from_dict(base)
+        if cfg.tune.search_alg == "optuna":
+            require_optuna()  # Tune unpickles the Optuna study with the searcher
     elif cfg is None:
         raise MtlRayError("run_tune: give a config or resume=<experiment dir>")
     else:
@@ -272,24 +418,36 @@ def run_tune(
         _write_setup(out, base, trials, storage, num_layers)
         trainable = _trainable(base, base["tune"], out / "trials")
         experiment = f"{storage.rstrip('/')}/{cfg.tune.name}"
+        adaptive = cfg.tune.search_alg == "optuna"
+        searched = f" + {cfg.tune.num_samples} suggested by optuna (TPE)" if adaptive else ""
         print(
-            f"tune: {len(trials)} trials ({sum(t.kind == 'single' for t in trials)} single-task baselines), "
+            f"tune: {len(trials)} trials ({sum(t.kind == 'single' for t in trials)} single-task baselines){searched}, "
             f"{concurrency} at a time, scheduler={cfg.tune.scheduler}; experiment: {experiment}",
             flush=True,
         )
         started = time.time()
         if resume is not None:
+            if adaptive:
+                _quiet_optuna()
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
+            if adaptive:  # fixed trials, then num_samples suggestions (the limiter caps concurrency)
+                search: dict[str, Any] = {
+                    "search_alg": optuna_search(cfg.tune, base, trials, concurrency),
+                    "num_samples": len(trials) + cfg.tune.num_samples,
+                }
+                param_space = None
+            else:
+                search = {"num_samples": 1, "max_concurrent_trials": concurrency}
+                param_space = {"trial": tune.grid_search([t.to_dict() for t in trials])}
             tuner = tune.Tuner(
                 trainable,
-                param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
+                param_space=param_space,
                 tune_config=tune.TuneConfig(
                     scheduler=_scheduler(cfg),
-                    num_samples=1,
-                    max_concurrent_trials=concurrency,
                     trial_dirname_creator=_trial_name,
                     trial_name_creator=_trial_name,
+                    **search,
                 ),
                 run_config=tune.RunConfig(
                     name=cfg.tune.name,
@@ -330,9 +488,13 @@ def _records(grid: Any, base: dict[str, Any], max_steps: int, num_layers: int) -
         records.append(
             {
                 "trial": trial.to_dict(),
+                "search_params": result.config.get("search"),  # optuna: the raw suggestion, else None
                 "config": config,
                 "metrics": metrics,
-                "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
+                # a multi-worker trial's checkpoint stays in its Train run; its path comes as a metric
+                "checkpoint": result.checkpoint.path
+                if result.checkpoint is not None
+                else metrics.get("checkpoint_path"),
                 "max_steps": max_steps,
                 "error": str(result.error).splitlines()[0][:200] if result.error else None,
             }
@@ -398,4 +560,14 @@ def format_summary(summary: dict[str, Any], top: int = 5) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["tune_trial", "run_tune", "plan", "format_summary", "write_outputs", "experiment_paths"]
+__all__ = [
+    "tune_trial",
+    "run_tune",
+    "plan",
+    "format_summary",
+    "write_outputs",
+    "experiment_paths",
+    "tune_search_space",
+    "FixedThenSearch",
+    "optuna_search",
+]

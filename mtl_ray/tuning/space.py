@@ -10,8 +10,11 @@ A space maps a config key (dotted, as in ``key=value`` overrides) to one spec::
     tasks.*.loss_weight:   {simplex: true}                # or per task: tasks.rt_sentiment.loss_weight: {...}
 
 ``tasks.*.<key>`` applies the spec to every task independently (``simplex`` draws one point of the
-simplex for all tasks together). Sampling is plain Python seeded by ``tune.seed``: the trial list is
-fixed before Ray starts, so a search is reproducible and an interrupted one resumes the same trials.
+simplex for all tasks together). For ``random`` and ``grid`` sampling is plain Python seeded by
+``tune.seed``: the trial list is fixed before Ray starts, so a search is reproducible and an interrupted
+one resumes the same trials. ``optuna`` (TPE) is adaptive: only the fixed trials (baselines, default)
+are listed here; :func:`search_params` gives the flat parameters Optuna samples (the Ray shell turns
+them into Tune distributions) and :func:`params_to_overrides` turns one suggestion back into overrides.
 """
 
 from __future__ import annotations
@@ -24,9 +27,14 @@ from typing import Any
 
 from mtl_ray.errors import ConfigError
 
-SEARCH_ALGS = ("random", "grid")
+SEARCH_ALGS = ("random", "grid", "optuna")
 SPEC_KINDS = ("choice", "uniform", "loguniform", "randint", "simplex")
 WILDCARD = "tasks.*."
+# optuna: a simplex spec is one raw parameter u_t ~ uniform(SIMPLEX_LOW, 1) per task, named
+# SIMPLEX_PARAM + "tasks.<t>.<key>"; the weights are -log(u_t) normalised (see params_to_overrides)
+SIMPLEX_PARAM = "simplex:"
+SIMPLEX_LOW = 1e-6
+OPTUNA_MISSING = "tune.search_alg: optuna needs the optuna package: pip install 'mtl-ray[optuna]'"
 
 
 @dataclass(frozen=True)
@@ -128,15 +136,72 @@ def sample_overrides(specs: list[ParamSpec], tasks: list[str], rng: random.Rando
             # uniform on the simplex = normalised Exp(1) draws (Dirichlet(1, ..., 1)); scaled by the
             # number of tasks so the equal-weight point is 1.0 each, the static weighting's default
             draws = [rng.expovariate(1.0) for _ in tasks]
-            total = sum(draws)
             rest = spec.key[len(WILDCARD) :]
-            out.update({f"tasks.{t}.{rest}": len(tasks) * d / total for t, d in zip(tasks, draws)})
+            out.update({f"tasks.{t}.{rest}": w for t, w in zip(tasks, _simplex_weights(draws))})
         elif spec.key.startswith(WILDCARD):
             for t in tasks:
                 out.update(_expand(spec.key.replace(WILDCARD, f"tasks.{t}.", 1), spec.sample(rng), tasks))
         else:
             out[spec.key] = spec.sample(rng)
     return out
+
+
+def _simplex_weights(draws: list[float]) -> list[float]:
+    """Exp(1) draws -> weights on the simplex scaled to sum to ``len(draws)`` (equal weights are 1.0)."""
+    total = sum(draws)
+    if total <= 0:  # every draw 0 (optuna: every u_t == 1): no preference, equal weights
+        return [1.0] * len(draws)
+    return [len(draws) * d / total for d in draws]
+
+
+def search_params(specs: list[ParamSpec], tasks: list[str]) -> dict[str, ParamSpec]:
+    """The flat parameters an adaptive searcher (optuna) samples: parameter name -> spec of kind choice,
+    uniform, loguniform or randint (both ends included). Wildcard keys expand to one parameter per task
+    (``tasks.<t>.<key>``, each searched independently, as random search draws them); ``simplex`` becomes
+    one ``uniform(SIMPLEX_LOW, 1)`` parameter ``simplex:tasks.<t>.<key>`` per task, mapped to weights by
+    :func:`params_to_overrides`. A later spec for the same key replaces an earlier one, as in sampling."""
+    out: dict[str, ParamSpec] = {}
+    for spec in specs:
+        if spec.kind == "simplex":
+            rest = spec.key[len(WILDCARD) :]
+            for t in tasks:
+                name = f"{SIMPLEX_PARAM}tasks.{t}.{rest}"
+                out[name] = ParamSpec(name, "uniform", (SIMPLEX_LOW, 1.0))
+        else:
+            for key in _expand(spec.key, None, tasks):
+                out[key] = ParamSpec(key, spec.kind, spec.values)
+    return out
+
+
+def params_to_overrides(specs: list[ParamSpec], tasks: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    """One suggestion of :func:`search_params`'s parameters -> the trial's overrides. A simplex becomes
+    weights ``len(tasks) * e_t / sum(e)`` with ``e_t = -log(u_t)``: the same normalised Exp(1) draws as
+    :func:`sample_overrides`, so a uniform ``u`` (random sampling, TPE's start-up trials) gives weights
+    uniform on the simplex, exactly as random search draws them. randint values come back as ints."""
+    flat = search_params(specs, tasks)
+    missing = sorted(set(flat) - set(params))
+    if missing:
+        raise ConfigError(f"tune: the suggestion lacks parameters {', '.join(missing)}")
+    out: dict[str, Any] = {}
+    for spec in specs:
+        if spec.kind == "simplex":
+            rest = spec.key[len(WILDCARD) :]
+            keys = [f"tasks.{t}.{rest}" for t in tasks]
+            draws = [-math.log(min(max(float(params[SIMPLEX_PARAM + k]), SIMPLEX_LOW), 1.0)) for k in keys]
+            out.update(dict(zip(keys, _simplex_weights(draws))))
+        else:
+            for key in _expand(spec.key, None, tasks):
+                value = params[key]
+                out[key] = int(value) if spec.kind == "randint" else value
+    return out
+
+
+def require_optuna() -> None:
+    """ConfigError (before any trial starts) when ``search_alg: optuna`` cannot import optuna."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError(OPTUNA_MISSING) from None
 
 
 def grid_overrides(specs: list[ParamSpec], tasks: list[str]) -> list[dict[str, Any]]:
@@ -222,8 +287,11 @@ def _check_known_path(base: dict[str, Any], overrides: dict[str, Any]) -> None:
 
 
 def build_trials(base: dict[str, Any], tune_cfg: Any, supervised_tasks: list[str]) -> list[TrialSpec]:
-    """The experiment's trials in run order: single-task baselines, the default config, then the search
-    (``num_samples`` random draws or the full grid). ``tune_cfg`` is a :class:`~mtl_ray.config.TuneConfig`."""
+    """The experiment's pre-drawn trials in run order: single-task baselines, the default config, then
+    the search (``num_samples`` random draws or the full grid; none for ``optuna``, whose ``num_samples``
+    trials are suggested while the search runs). ``tune_cfg`` is a :class:`~mtl_ray.config.TuneConfig`."""
+    if tune_cfg.search_alg == "optuna":
+        require_optuna()
     specs = parse_space(tune_cfg.search_space)
     check_keys(base, specs)
     tasks = sorted(base["tasks"])
@@ -234,6 +302,8 @@ def build_trials(base: dict[str, Any], tune_cfg: Any, supervised_tasks: list[str
         trials += [TrialSpec(f"single-{t}", "single", {}, only_task=t) for t in supervised_tasks]
     if tune_cfg.include_default:
         trials.append(TrialSpec("default", "default", {}))
+    if tune_cfg.search_alg == "optuna":
+        return trials
     if tune_cfg.search_alg == "grid":
         draws = grid_overrides(specs, tasks)
     else:
