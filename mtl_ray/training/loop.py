@@ -7,6 +7,12 @@ directly (``mtl-ray train --no-ray``, tests). Distributed behaviour comes only f
 Per optimizer step: ``grad_accum_steps`` micro-batches, each of ONE task drawn by the task sampler
 (identical on every rank), each rank taking its slice of that task's global batch; per-task losses
 are combined by the loss weighting, gradients averaged across ranks, clipped, then AdamW steps.
+
+Clipping acts on the *unweighted* gradient: the model's gradient norm is clipped to
+``max_grad_norm × w̄``, w̄ the mean loss weight of the step's micro-batches. With one task per
+micro-batch, clipping the weighted gradient to a fixed norm would rescale every step to that norm and
+erase the task's weight (on MiniLM the gradient norm is above 1 on almost every step); this way a
+weight of 0.5 still halves the task's update. The weighting's own parameters are clipped on their own.
 """
 
 from __future__ import annotations
@@ -126,8 +132,11 @@ class MultiTaskTrainer:
         accum = self.tcfg.grad_accum_steps
         losses: dict[str, list[float]] = defaultdict(list)
         texts = 0
+        weights = self.weighting.weights()
+        step_weights: list[float] = []
         for _ in range(accum):
             task = self.sampler.sample(self.step)
+            step_weights.append(weights[task])
             examples = self._next_examples(task)
             batch = self._to_device(collate(examples, self.pad_token_id))
             with self._autocast():
@@ -136,10 +145,12 @@ class MultiTaskTrainer:
             total.backward()
             losses[task].append(float(task_loss.detach()))
             texts += len(examples)
-        params = [p for p in self.model.parameters() if p.requires_grad] + list(self.weighting.parameters())
-        dist_utils.allreduce_gradients(params)
+        model_params = [p for p in self.model.parameters() if p.requires_grad]
+        weighting_params = list(self.weighting.parameters())
+        dist_utils.allreduce_gradients(model_params + weighting_params)
         if self.tcfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.tcfg.max_grad_norm)
+            self._clip(model_params, self.tcfg.max_grad_norm * float(np.mean(step_weights)))
+            self._clip(weighting_params, self.tcfg.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -152,6 +163,12 @@ class MultiTaskTrainer:
         out.update({f"loss/{t}": v for t, v in step_losses.items()})
         out.update({f"weight/{t}": w for t, w in self.weighting.weights().items()})
         return out
+
+    @staticmethod
+    def _clip(params: list[torch.nn.Parameter], max_norm: float) -> None:
+        with_grad = [p for p in params if p.grad is not None]
+        if with_grad and max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
 
     # ---------------------------------------------------------------- evaluation
 

@@ -150,3 +150,33 @@ def test_model_from_checkpoint_is_bit_exact(tiny_config, tmp_path):
     assert cfg2 == cfg
     for (name, a), b in zip(setup.model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def _clipped_grad_norm(cfg, monkeypatch):
+    """The model's gradient norm as the optimizer sees it after one step's clipping."""
+    trainer, _ = make_trainer(cfg)
+    seen = {}
+
+    def capture(*args, **kwargs):
+        grads = [p.grad.detach().flatten() for p in trainer.model.parameters() if p.grad is not None]
+        seen["norm"] = float(torch.cat(grads).norm())
+
+    monkeypatch.setattr(trainer.optimizer, "step", capture)
+    trainer.train_step()
+    return seen["norm"]
+
+
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.parametrize("weight", [0.25, 3.0])
+def test_a_loss_weight_survives_gradient_clipping(tiny_config, monkeypatch, weight):
+    # max_grad_norm far below the raw gradient norm: every step is clipped. Clipping the weighted
+    # gradient at a fixed norm would make the weight irrelevant; the weight must scale the update.
+    base = tiny_config(max_steps=4, max_grad_norm=1e-3, drop_tasks=("score", "match"))
+    weighted = base.tasks["sentiment"]
+    weighted.loss_weight = weight
+    norm_1 = _clipped_grad_norm(
+        tiny_config(max_steps=4, max_grad_norm=1e-3, drop_tasks=("score", "match")), monkeypatch
+    )
+    norm_w = _clipped_grad_norm(base, monkeypatch)
+    assert norm_1 == pytest.approx(1e-3, rel=1e-4)
+    assert norm_w == pytest.approx(weight * 1e-3, rel=1e-4)
