@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Demo / test caches: prepared corpora and pinned assets (see docs/data.md)
 export MTL_RAY_CACHE ?= $(HOME)/.cache/mtl-ray
 
-.PHONY: help venv test test-unit test-integration test-real lint format demo bench quality clean
+.PHONY: help venv test test-unit test-integration test-real lint format demo bench bench-tune quality clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -49,6 +49,10 @@ demo: venv  ## real corpora → Ray Train → test table → Ray Serve → a sam
 bench: venv  ## benchmarks (results recorded in docs/benchmarks.md)
 	$(PY) bench/predictor_throughput.py
 	$(PY) bench/ray_train_overhead.py
+
+bench-tune: venv  ## ASHA vs the full grid on the real encoder (≈ 40 min on 2 cores; docs/benchmarks.md)
+	$(VENV)/bin/mtl-ray data prepare
+	$(PY) bench/tune_asha_vs_grid.py --overwrite
 
 quality: venv  ## the multi-task vs single-task quality study (3 seeds, ~1.5 h on 2 cores; docs/quality.md)
 	$(PY) bench/quality/study.py --set train.num_threads=1
