@@ -225,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         "mtl_steps": mtl_steps,
         "single_steps": mtl_steps // len(supervised_tasks(base)),
         "batch_size": base.get("train", {}).get("batch_size"),
-        "machine": machine(),
+        "machine": {
+            **machine(),
+            "torch_threads": base.get("train", {}).get("num_threads") or machine()["torch_threads"],
+        },
         "total_runs": len(runs),
     }
     print(f"{len(runs)} runs ({len(arms)} arms × {len(seeds)} seeds), {len(todo)} to train, k in 0..{layers}")
