@@ -150,13 +150,14 @@ def load_results(runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
-def machine() -> dict[str, Any]:
+def machine(threads: int | None = None) -> dict[str, Any]:
+    """Where the study ran; ``threads``: the runs' ``train.num_threads`` (None: torch's default)."""
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads or torch.get_num_threads(),
         "device": device,
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -225,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "mtl_steps": mtl_steps,
         "single_steps": mtl_steps // len(supervised_tasks(base)),
         "batch_size": base.get("train", {}).get("batch_size"),
-        "machine": {
-            **machine(),
-            "torch_threads": base.get("train", {}).get("num_threads") or machine()["torch_threads"],
-        },
+        "machine": machine(base.get("train", {}).get("num_threads")),
         "total_runs": len(runs),
     }
     print(f"{len(runs)} runs ({len(arms)} arms × {len(seeds)} seeds), {len(todo)} to train, k in 0..{layers}")

@@ -87,14 +87,9 @@ def summarize(records: list[dict[str, Any]], arms: list[Arm], num_layers: int) -
         tasks = sorted(names)
         per_task = {t: _mean_std([e["primary"][t] for e in seeds.values() if t in e["primary"]]) for t in tasks}
         deltas = [delta_m(e["primary"], base, names) for e in seeds.values()]
+        # one task's term of Δm% (delta_m over that task alone; NaN without a baseline, dropped)
         task_deltas = {
-            t: _mean_std(
-                [
-                    (e["primary"][t] - base[t]) / abs(base[t]) * 100 * _sign(names[t])
-                    for e in seeds.values()
-                    if t in e["primary"] and t in base and base[t] != 0
-                ]
-            )
+            t: _mean_std([delta_m({t: e["primary"][t]}, base, names) for e in seeds.values() if t in e["primary"]])
             for t in tasks
         }
         rows.append(
@@ -114,10 +109,6 @@ def summarize(records: list[dict[str, Any]], arms: list[Arm], num_layers: int) -
             }
         )
     return rows
-
-
-def _sign(metric: str) -> float:
-    return -1.0 if metric == "mse" else 1.0
 
 
 def _fmt(ms: tuple[float, float], digits: int = 3, signed: bool = False) -> str:
