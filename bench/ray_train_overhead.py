@@ -108,8 +108,8 @@ def main() -> int:
 
     import ray
 
-    from mtl_ray.ray_train import run_ray_training
-    from mtl_ray.ray_utils import ray_session
+    from mtl_ray.ray.session import ray_session
+    from mtl_ray.ray.train import run_ray_training
     from mtl_ray.training.run import RunSetup  # noqa: F401  (import torch & the core before timing)
 
     arms = {"inproc": (1, 2), "ray-1x2": (1, 2), "ray-2x1": (2, 1)}

@@ -40,7 +40,7 @@ def main() -> None:
 
     import ray
 
-    from mtl_ray.serving.app import build_app
+    from mtl_ray.ray.serve.app import build_app
     from mtl_ray.serving.config import ServeConfig
 
     texts = test_texts(1024)

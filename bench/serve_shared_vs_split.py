@@ -35,7 +35,7 @@ class SingleTaskModel:
     """Model splitting: one task's whole model (its own encoder + head) in one replica, batched."""
 
     def __init__(self, checkpoint: str, task: str, max_batch_size: int, wait_s: float):
-        from mtl_ray.serving.deployments import _set_torch_threads
+        from mtl_ray.ray.serve.deployments import _set_torch_threads
         from mtl_ray.serving.parts import EncoderPart, HeadPart
 
         _set_torch_threads()
@@ -97,7 +97,7 @@ class SplitIngress:
 
 
 def shared_app(checkpoint: str, batch: int, wait_s: float):
-    from mtl_ray.serving.app import build_app
+    from mtl_ray.ray.serve.app import build_app
     from mtl_ray.serving.config import ServeConfig
 
     cfg = ServeConfig(

@@ -4,7 +4,7 @@
     python bench/tune_asha_vs_grid.py --smoke                  # tiny budget (≈ 6 min, 18 trials): checks the script
     python bench/tune_asha_vs_grid.py --report-only            # re-print the table of finished arms
 
-Runs the config's search twice through the public API (``mtl_ray.ray_tune.run_tune``), same trials,
+Runs the config's search twice through the public API (``mtl_ray.ray.tune.run_tune``), same trials,
 same seeds, one embedded local Ray for both:
 
   asha    tune.scheduler=asha   trials below the rung's cut are stopped at the rungs (grace_period ·
@@ -77,8 +77,8 @@ def run_arms(
 ) -> dict[str, dict[str, Any]]:
     """Run each arm's search (one Ray for all of them) and return ``{arm: {"summary", "wall_s", ...}}``."""
     from mtl_ray.config import load_config
-    from mtl_ray.ray_tune import experiment_paths, run_tune
-    from mtl_ray.ray_utils import ray_session, resolve_address
+    from mtl_ray.ray.session import ray_session, resolve_address
+    from mtl_ray.ray.tune import experiment_paths, run_tune
 
     runs: dict[str, dict[str, Any]] = {}
     cfgs = {arm: load_config(config, arm_overrides(config, out, arm, overrides, smoke)) for arm in arms or ARMS}
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run (or with --report-only, re-read) both arms; print and write the comparison; return it."""
     args = parse_args(argv)
     from mtl_ray.config import load_config
-    from mtl_ray.ray_tune import experiment_paths
+    from mtl_ray.ray.tune import experiment_paths
 
     out = Path(args.out or ("runs/bench-tune-smoke" if args.smoke else "runs/bench-tune")).expanduser().resolve()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]

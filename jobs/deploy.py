@@ -58,7 +58,7 @@ def wait_healthy(url: str, timeout_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from mtl_ray.serving.app import build_app
+        from mtl_ray.ray.serve.app import build_app
         from mtl_ray.serving.config import load_serve_config, read_api_key
 
         cfg = load_serve_config(args.config, args.set, checkpoint=args.checkpoint)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray
         from ray import serve
 
-        from mtl_ray.ray_utils import resolve_address
+        from mtl_ray.ray.session import resolve_address
 
         started = time.perf_counter()
         ray.init(address=resolve_address(args.address) or "auto", log_to_driver=False)

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         from mtl_ray.config import load_config
-        from mtl_ray.ray_train import run_ray_training
+        from mtl_ray.ray.train import run_ray_training
 
         cfg = load_config(args.config, args.overrides)
         summary = run_ray_training(cfg, resume_from=args.resume, address=args.address, storage_path=args.storage_path)

@@ -6,6 +6,7 @@ Errors that are the user's to fix (config, data, checkpoint) print one ``error:`
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -129,7 +130,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise MtlRayError("--address / --storage-path need Ray; drop --no-ray")
         summary = train(cfg, resume_from=args.resume, progress=not args.no_progress)
     else:
-        from mtl_ray.ray_train import run_ray_training
+        from mtl_ray.ray.train import run_ray_training
 
         summary = run_ray_training(cfg, resume_from=args.resume, address=args.address, storage_path=args.storage_path)
     print(f"\nbest checkpoint: {summary['best_checkpoint']}")
@@ -197,7 +198,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from mtl_ray.config import load_config
-    from mtl_ray.ray_demo import run_demo
+    from mtl_ray.ray.demo import run_demo
 
     cfg = load_config(args.config or "configs/builtin.yaml", args.overrides)
     run_demo(cfg, port=args.port)
@@ -218,11 +219,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         f"torch         {torch.__version__} (cuda available: {torch.cuda.is_available()}, devices: {torch.cuda.device_count()})"
     )
     print(f"transformers  {transformers.__version__}")
-    try:
-        import ray
-
-        print(f"ray           {ray.__version__}")
-    except ImportError:
+    try:  # the version from the package metadata: importing ray here would pull the shell into the core
+        print(f"ray           {importlib.metadata.version('ray')}")
+    except importlib.metadata.PackageNotFoundError:
         print("ray           not installed")
     cache = DataConfig().resolved_cache_dir()
     print(f"cache dir     {cache}")
@@ -248,7 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides.append(f"auth.api_key_file={args.api_key_file}")
     cfg = load_serve_config(args.config, overrides, checkpoint=args.checkpoint, precision=args.precision)
     if args.action == "build":
-        from mtl_ray.serving.app import serve_config, serve_config_yaml
+        from mtl_ray.ray.serve.app import serve_config, serve_config_yaml
 
         conf = serve_config(cfg, host=args.host, port=args.port, app_name=args.app_name, route_prefix=args.route_prefix)
         command = " ".join(
@@ -268,47 +267,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(text, end="")
         return 0
 
-    import signal
-    import time
-
-    from ray import serve
-
-    from mtl_ray.ray_utils import ray_session, resolve_address
-    from mtl_ray.serving.app import build_app
+    from mtl_ray.ray.serve.run import run_serve
 
     read_api_key(cfg.auth)  # auth configured but no key: fail here, not in a replica
-    app = build_app(cfg)  # verifies the checkpoint(s) before Ray starts
-    address = resolve_address()
-
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    with ray_session(address, num_cpus=args.num_cpus):
-        # Ctrl-C and `kill` (a service manager) both shut the app down cleanly. Set after ray.init,
-        # which installs its own SIGTERM handler; SIGINT is re-armed because a shell starts
-        # background jobs with it ignored.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, stop)
-        try:
-            serve.start(http_options={"host": args.host, "port": args.port})
-            serve.run(app, name=args.app_name, route_prefix=args.route_prefix)
-            base = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
-            print(f"serving {cfg.checkpoint} at {base}/v1/predict (docs: {base}/docs); Ctrl-C to stop", flush=True)
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopping", file=sys.stderr)
-        finally:
-            if address:  # a shared cluster: remove only our app
-                serve.delete(args.app_name)
-            else:
-                serve.shutdown()
+    run_serve(
+        cfg,
+        host=args.host,
+        port=args.port,
+        app_name=args.app_name,
+        route_prefix=args.route_prefix,
+        num_cpus=args.num_cpus,
+    )
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from mtl_ray.config import load_config
-    from mtl_ray.ray_tune import format_summary, run_tune
+    from mtl_ray.ray.tune import format_summary, run_tune
 
     if args.resume is None and args.config is None:
         raise MtlRayError("tune: give --config (a new search) or --resume DIR (continue one)")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from mtl_ray.errors import ConfigError
-from mtl_ray.ray_cluster import validate_cluster_config
+from mtl_ray.ray.cluster import validate_cluster_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

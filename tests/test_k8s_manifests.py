@@ -54,7 +54,7 @@ def test_rayservice_structure_and_serve_config():
     check_cluster_spec(svc["spec"]["rayClusterConfig"])
     serve_cfg = yaml.safe_load(svc["spec"]["serveConfigV2"])
     (app,) = serve_cfg["applications"]
-    assert app["import_path"] == "mtl_ray.serving.app:build_app"
+    assert app["import_path"] == "mtl_ray.ray.serve.app:build_app"
     names = {d["name"] for d in app["deployments"]}
     assert {"Ingress", "Encoder"} <= names and any(n.startswith("Head-") for n in names)
     for d in app["deployments"]:

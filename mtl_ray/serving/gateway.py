@@ -2,7 +2,7 @@
 chunk, fan out to the requested heads concurrently, merge.
 
 A :class:`Backend` is whatever computes: Serve deployment handles in production
-(:mod:`mtl_ray.serving.deployments`), in-process :mod:`~mtl_ray.serving.parts` in unit tests. Every
+(:mod:`mtl_ray.ray.serve.deployments`), in-process :mod:`~mtl_ray.serving.parts` in unit tests. Every
 problem with a request is an :class:`ApiError` with an HTTP status and a message naming the field.
 """
 

@@ -1,6 +1,6 @@
 """The multi-task training loop in plain PyTorch: one optimizer step, evaluation, resumable state.
 
-Ray Train (``mtl_ray/ray_train.py``) runs this same class on every worker; a single process runs it
+Ray Train (``mtl_ray/ray/train.py``) runs this same class on every worker; a single process runs it
 directly (``mtl-ray train --no-ray``, tests). Distributed behaviour comes only from
 ``mtl_ray.training.distributed`` (plain ``torch.distributed``), which is a no-op in one process.
 

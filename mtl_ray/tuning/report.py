@@ -1,7 +1,7 @@
 """What a finished search writes: the results table (CSV + markdown, sorted by the aggregate score),
 the best config as a ready-to-run training YAML, and the summary the CLI prints.
 
-Input is one plain record per trial (built by ``mtl_ray/ray_tune.py`` from Tune's results)::
+Input is one plain record per trial (built by ``mtl_ray/ray/tune.py`` from Tune's results)::
 
     {"trial": TrialSpec.to_dict(), "config": <the trial's config dict>, "metrics": <its last report>,
      "checkpoint": path or None, "max_steps": int, "error": str or None}

@@ -23,7 +23,7 @@ import torch
 from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.config import config_from_dict, config_to_dict
 from mtl_ray.errors import CheckpointError, MtlRayError
-from mtl_ray.ray_train import FAULT_STEP_ENV, run_ray_training
+from mtl_ray.ray.train import FAULT_STEP_ENV, run_ray_training
 from mtl_ray.training.checkpointing import model_from_checkpoint
 from mtl_ray.training.evaluation import evaluate_model
 from mtl_ray.training.loop import MultiTaskTrainer
@@ -172,7 +172,7 @@ def test_streamed_tasks_get_the_in_memory_splits(train_cluster, nodrop_encoder_d
     import ray
 
     from mtl_ray.data.sources import load_task_splits
-    from mtl_ray.ray_data import plan_streaming
+    from mtl_ray.ray.data import plan_streaming
 
     cfg = make_config(nodrop_encoder_dir, stream_files, tmp_path / "run", ray={"streaming": True})
     planned = plan_streaming(cfg, str(nodrop_encoder_dir))

@@ -16,7 +16,7 @@ import pytest
 
 from mtl_ray.config import config_from_dict, load_config
 from mtl_ray.errors import ConfigError
-from mtl_ray.ray_tune import run_tune
+from mtl_ray.ray.tune import run_tune
 from mtl_ray.training.run import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -241,7 +241,7 @@ def test_optuna_search_finishes_with_every_trial_and_delta_m(optuna_search_resul
 def test_optuna_suggestions_are_seeded(optuna_search_result):
     """TPE's start-up trials are drawn by its seeded sampler: a fresh searcher with tune.seed suggests
     exactly the parameters the search trained (the fixed trials come first, in list order)."""
-    from mtl_ray.ray_tune import optuna_search, plan
+    from mtl_ray.ray.tune import optuna_search, plan
 
     cfg, summary, _ = optuna_search_result
     base, fixed = plan(cfg)

@@ -9,7 +9,7 @@ from serving_helpers import make_checkpoint
 
 from mtl_ray.cli import main
 from mtl_ray.errors import CheckpointError, ConfigError
-from mtl_ray.serving.app import build_app, build_head_app, head_name, serve_config, served_specs
+from mtl_ray.ray.serve.app import build_app, build_head_app, head_name, serve_config, served_specs
 from mtl_ray.serving.config import ServeConfig
 from mtl_ray.serving.parts import read_checkpoint_info
 from mtl_ray.tasks.base import TaskSpec
@@ -59,7 +59,7 @@ def test_serve_config_is_accepted_by_serves_schema(ckpt_dir, ckpt_new_head_dir):
     ServeDeploySchema.model_validate(conf)  # what `serve deploy` / `serve run` validate
     assert conf["http_options"] == {"host": "127.0.0.1", "port": 8123}
     (app,) = conf["applications"]
-    assert app["import_path"] == "mtl_ray.serving.app:build_app"
+    assert app["import_path"] == "mtl_ray.ray.serve.app:build_app"
     assert ServeConfig.model_validate(app["args"]).checkpoint == str(ckpt_dir)
     by_name = {d["name"]: d for d in app["deployments"]}
     assert set(by_name) == {"Ingress", "Encoder"} | {head_name(t) for t in ("sentiment", "score", "match", "unsup")}
@@ -104,7 +104,7 @@ def test_an_added_task_becomes_its_own_app_routed_by_the_ingress(ckpt_dir, tmp_p
     assert ingress["user_config"] == {"extra_heads": {"extra": "mtl-head-extra"}}
     assert "Head-extra" not in {d["name"] for d in main_app["deployments"]}
     assert head_app["name"] == "mtl-head-extra" and head_app["route_prefix"] is None
-    assert head_app["import_path"] == "mtl_ray.serving.app:build_head_app"
+    assert head_app["import_path"] == "mtl_ray.ray.serve.app:build_head_app"
     assert head_app["deployments"][0]["user_config"] == {"checkpoint": str(extra)}
     bound = build_head_app(head_app["args"])._bound_deployment
     assert bound.name == "Head-extra" and bound.init_args[:2] == (str(ckpt_dir), "extra")

@@ -7,7 +7,7 @@ import torch
 from serving_helpers import make_checkpoint
 
 from mtl_ray.errors import CheckpointError
-from mtl_ray.serving.deployments import HeadDeployment
+from mtl_ray.ray.serve.deployments import HeadDeployment
 from mtl_ray.serving.parts import Encoded
 
 

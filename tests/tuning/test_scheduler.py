@@ -44,7 +44,7 @@ def _run(sched, reports: dict[str, list[tuple[int, float]]]) -> dict[str, str]:
 def test_asha_stops_at_rungs_but_never_at_the_last_step():
     from ray.tune.schedulers import TrialScheduler
 
-    from mtl_ray.ray_tune import _scheduler
+    from mtl_ray.ray.tune import _scheduler
 
     sched = _scheduler(_cfg(max_steps=20, grace=5))
     # a is the best at every rung; b survives the rungs at 5 and 10, then scores far below a at its last
@@ -73,6 +73,6 @@ def test_stock_asha_would_stop_at_the_last_step():
 
 
 def test_no_scheduler():
-    from mtl_ray.ray_tune import _scheduler
+    from mtl_ray.ray.tune import _scheduler
 
     assert _scheduler(_cfg(max_steps=20, grace=5, scheduler="none")) is None

@@ -40,9 +40,9 @@ def run_demo(cfg: Config, *, port: int = 8000, num_cpus: int = 4) -> dict[str, A
     from ray import serve
 
     from mtl_ray.data.prepare import prepare_builtin
-    from mtl_ray.ray_train import run_ray_training
-    from mtl_ray.ray_utils import ray_session
-    from mtl_ray.serving.app import build_app
+    from mtl_ray.ray.serve.app import build_app
+    from mtl_ray.ray.session import ray_session
+    from mtl_ray.ray.train import run_ray_training
     from mtl_ray.serving.config import serve_config_from_dict
 
     builtins = sorted({t.source.split(":", 1)[1] for t in cfg.tasks.values() if t.source.startswith("builtin:")})

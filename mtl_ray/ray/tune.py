@@ -4,7 +4,7 @@ Every trial runs :func:`tune_trial`: it applies its overrides to the base config
 core loop (``setup_run`` + ``MultiTaskTrainer`` + ``fit``) in the trial's own process, reporting
 ``tune.report({"step", "val/aggregate", "val/<task>/<metric>", ...}, checkpoint=...)`` at every
 evaluation, so ASHA can stop it at a rung. With ``tune.workers_per_trial > 1`` the same function
-instead builds its own ``TorchTrainer`` around ``ray_train.train_loop_per_worker`` whose reports reach
+instead builds its own ``TorchTrainer`` around ``mtl_ray.ray.train.train_loop_per_worker`` whose reports reach
 Tune through ``TuneReportCallback`` (Ray 2.60 / Train V2 cannot tune a ``TorchTrainer`` directly).
 
 The trial list (single-task baselines, the default config, then the search) is drawn in plain Python
@@ -127,7 +127,7 @@ def _fit_distributed(cfg: Config, trial: TrialSpec, tune_section: dict[str, Any]
     from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from mtl_ray.ray_train import RAY_TRAIN_ENV_DEFAULTS, train_loop_per_worker
+    from mtl_ray.ray.train import RAY_TRAIN_ENV_DEFAULTS, train_loop_per_worker
 
     for key, value in RAY_TRAIN_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -295,7 +295,7 @@ def num_encoder_layers(cfg: Config) -> int:
     """L of the encoder (read from its config.json; no weights loaded)."""
     from transformers import AutoConfig
 
-    from mtl_ray.ray_train import tokenizer_location
+    from mtl_ray.ray.train import tokenizer_location
 
     return int(AutoConfig.from_pretrained(tokenizer_location(cfg)).num_hidden_layers)
 
@@ -309,7 +309,7 @@ def supervised_tasks(cfg: Config) -> list[str]:
 def plan(cfg: Config) -> tuple[dict[str, Any], list[TrialSpec]]:
     """Driver-side checks that need no Ray: the base config dict (absolute paths, outputs under the
     experiment dir) and the trial list. Raises ConfigError for a bad space before anything starts."""
-    from mtl_ray.ray_train import absolute_paths
+    from mtl_ray.ray.train import absolute_paths
 
     cfg = absolute_paths(cfg)
     base = config_to_dict(cfg)
@@ -385,8 +385,8 @@ def run_tune(
     rows (sorted by aggregate), best trial, best checkpoint, best config YAML, plots."""
     from ray import tune
 
-    from mtl_ray.ray_train import check_task_data, prepare_assets
-    from mtl_ray.ray_utils import ray_session, resolve_address
+    from mtl_ray.ray.session import ray_session, resolve_address
+    from mtl_ray.ray.train import check_task_data, prepare_assets
     from mtl_ray.tuning.resources import concurrent_trials
 
     if resume is not None:

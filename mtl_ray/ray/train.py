@@ -131,7 +131,7 @@ def _setup_worker_data(cfg: Config, streamed: dict[str, Any]) -> tuple[Any, dict
 
     if not streamed:
         return setup_run(cfg), {}
-    from mtl_ray.ray_data import worker_inputs
+    from mtl_ray.ray.data import worker_inputs
 
     preloaded, streams = worker_inputs(cfg, streamed)
     return setup_run(cfg, preloaded), streams
@@ -352,7 +352,7 @@ def run_ray_training(
     """Train ``cfg`` with Ray Train (joins ``address`` / ``ray.address`` / ``$RAY_ADDRESS``, else starts a
     local Ray). Writes metrics.jsonl, TensorBoard, training_curves.png and summary.json to
     ``train.output_dir`` and returns the summary (``best_checkpoint`` is the best by ``val/aggregate``)."""
-    from mtl_ray.ray_utils import ResourceRequest, check_resources, ray_session, resolve_address
+    from mtl_ray.ray.session import ResourceRequest, check_resources, ray_session, resolve_address
     from mtl_ray.training.run import write_run_outputs
 
     cfg = absolute_paths(cfg)
@@ -415,7 +415,7 @@ def _plan_streaming(cfg: Config) -> dict[str, Any]:
     """Ray Data pipelines of the streamed tasks (``ray.streaming``), planned on the driver."""
     if not cfg.ray.streaming:
         return {}
-    from mtl_ray.ray_data import plan_streaming
+    from mtl_ray.ray.data import plan_streaming
 
     streamed = plan_streaming(cfg, tokenizer_location(cfg))
     others = sorted(set(cfg.tasks) - set(streamed))
@@ -450,7 +450,7 @@ def _build_trainer(
     }
     data_kwargs: dict[str, Any] = {}
     if streamed:
-        from mtl_ray.ray_data import data_config
+        from mtl_ray.ray.data import data_config
 
         data_kwargs = {"datasets": {t.key: t.dataset for t in streamed.values()}, "dataset_config": data_config(cfg)}
     return TorchTrainer(
