@@ -35,16 +35,8 @@ from ray.tune.search import Searcher
 from mtl_ray.config import Config, config_from_dict, config_to_dict
 from mtl_ray.errors import ConfigError, MtlRayError
 from mtl_ray.tuning.report import SINGLE_PREFIX, build_rows, markdown_table
-from mtl_ray.tuning.space import (
-    ParamSpec,
-    TrialSpec,
-    apply_trial,
-    build_trials,
-    params_to_overrides,
-    parse_space,
-    require_optuna,
-    search_params,
-)
+from mtl_ray.tuning.space import ParamSpec, params_to_overrides, parse_space, require_optuna, search_params
+from mtl_ray.tuning.trials import TrialSpec, apply_trial, build_trials
 
 SETUP_FILE = "mtl_tune_setup.json"  # base config + trial list: what `--resume` rebuilds the trainable from
 TUNE_ENV_DEFAULTS = {

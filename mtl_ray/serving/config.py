@@ -22,11 +22,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mtl_ray.config import apply_overrides
 from mtl_ray.errors import ConfigError
+from mtl_ray.overrides import apply_overrides, read_yaml_mapping
 
 Precision = Literal["fp32", "bf16", "int8"]
 
@@ -233,16 +232,7 @@ def load_serve_config(
     path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None, **fields: Any
 ) -> ServeConfig:
     """YAML file (optional) + ``key=value`` overrides + explicit fields (CLI flags; None ones skipped)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f) or {}
-        except OSError as exc:
-            raise ConfigError(f"serve config: cannot read {path}: {exc.strerror or exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"serve config: {path} must hold a mapping")
-        data = loaded
+    data = read_yaml_mapping(path, what="serve config") if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
     data.update({k: v for k, v in fields.items() if v is not None})
     return serve_config_from_dict(data)

@@ -30,10 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl_ray.config import ModelConfig
 from mtl_ray.tasks.base import TaskSpec, register_task_type
 
-DEFAULT_TEMPERATURE = ModelConfig.contrastive_temperature  # used when a spec carries none
+DEFAULT_TEMPERATURE = 0.05  # Gao et al. 2021; model.contrastive_temperature defaults to it
 
 
 def info_nce(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:

@@ -1,4 +1,4 @@
-"""The search space declared under ``tune.search_space``, and the list of trials a search runs.
+"""The grammar of ``tune.search_space`` (specs, sampling, the grid, Optuna parameters); the trial list is in ``trials.py``.
 
 A space maps a config key (dotted, as in ``key=value`` overrides) to one spec::
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mtl_ray.errors import ConfigError
@@ -56,28 +56,6 @@ class ParamSpec:
         if self.kind == "randint":
             return rng.randint(low, high)
         raise AssertionError(self.kind)  # simplex is sampled for all tasks together
-
-
-@dataclass
-class TrialSpec:
-    """One trial of a search: which tasks it trains and which overrides it applies to the base config."""
-
-    trial_id: str  # "single-<task>", "default", "search-003"
-    kind: str  # "single" (a single-task baseline), "default" (the base config), "search"
-    overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, wildcards expanded
-    only_task: str | None = None  # single: the one task kept
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "trial_id": self.trial_id,
-            "kind": self.kind,
-            "overrides": dict(self.overrides),
-            "only_task": self.only_task,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
-        return cls(d["trial_id"], d["kind"], dict(d.get("overrides") or {}), d.get("only_task"))
 
 
 def _number(value: Any, where: str) -> float:
@@ -121,7 +99,7 @@ def parse_space(space: dict[str, Any]) -> list[ParamSpec]:
     return out
 
 
-def _expand(key: str, value: Any, tasks: list[str]) -> dict[str, Any]:
+def expand_key(key: str, value: Any, tasks: list[str]) -> dict[str, Any]:
     if key.startswith(WILDCARD):
         rest = key[len(WILDCARD) :]
         return {f"tasks.{t}.{rest}": value for t in tasks}
@@ -140,7 +118,7 @@ def sample_overrides(specs: list[ParamSpec], tasks: list[str], rng: random.Rando
             out.update({f"tasks.{t}.{rest}": w for t, w in zip(tasks, _simplex_weights(draws))})
         elif spec.key.startswith(WILDCARD):
             for t in tasks:
-                out.update(_expand(spec.key.replace(WILDCARD, f"tasks.{t}.", 1), spec.sample(rng), tasks))
+                out.update(expand_key(spec.key.replace(WILDCARD, f"tasks.{t}.", 1), spec.sample(rng), tasks))
         else:
             out[spec.key] = spec.sample(rng)
     return out
@@ -168,7 +146,7 @@ def search_params(specs: list[ParamSpec], tasks: list[str]) -> dict[str, ParamSp
                 name = f"{SIMPLEX_PARAM}tasks.{t}.{rest}"
                 out[name] = ParamSpec(name, "uniform", (SIMPLEX_LOW, 1.0))
         else:
-            for key in _expand(spec.key, None, tasks):
+            for key in expand_key(spec.key, None, tasks):
                 out[key] = ParamSpec(key, spec.kind, spec.values)
     return out
 
@@ -190,7 +168,7 @@ def params_to_overrides(specs: list[ParamSpec], tasks: list[str], params: dict[s
             draws = [-math.log(min(max(float(params[SIMPLEX_PARAM + k]), SIMPLEX_LOW), 1.0)) for k in keys]
             out.update(dict(zip(keys, _simplex_weights(draws))))
         else:
-            for key in _expand(spec.key, None, tasks):
+            for key in expand_key(spec.key, None, tasks):
                 value = params[key]
                 out[key] = int(value) if spec.kind == "randint" else value
     return out
@@ -214,7 +192,7 @@ def grid_overrides(specs: list[ParamSpec], tasks: list[str]) -> list[dict[str, A
     for combo in combos:
         overrides: dict[str, Any] = {}
         for spec, value in zip(specs, combo):
-            overrides.update(_expand(spec.key, value, tasks))
+            overrides.update(expand_key(spec.key, value, tasks))
         out.append(overrides)
     return out
 
@@ -227,87 +205,3 @@ def override_strings(overrides: dict[str, Any]) -> list[str]:
         f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
         for k, v in overrides.items()
     ]
-
-
-def apply_trial(base: dict[str, Any], trial: TrialSpec) -> dict[str, Any]:
-    """The trial's config as a plain dict: base + overrides, other tasks dropped for a single-task baseline."""
-    from mtl_ray.config import apply_overrides
-
-    data = apply_overrides(base, override_strings(trial.overrides))
-    if trial.only_task is not None:
-        data["tasks"] = {trial.only_task: data["tasks"][trial.only_task]}
-        data["tasks"][trial.only_task]["loss_weight"] = 1.0
-    data.pop("tune", None)  # a trial is a plain training run
-    return data
-
-
-def check_keys(base: dict[str, Any], specs: list[ParamSpec]) -> None:
-    """Every key must be a config key whose value the spec's options can take: apply a draw (every
-    option, for choice) to the base config and build it. Raises ConfigError naming the key."""
-    from mtl_ray.config import config_from_dict
-
-    if not specs:
-        raise ConfigError(
-            "tune.search_space: empty; declare at least one key (e.g. train.lr: {loguniform: [1e-5, 3e-4]})"
-        )
-    tasks = sorted(base.get("tasks") or {})
-    for spec in specs:
-        if spec.key.startswith("tune."):
-            raise ConfigError(f"tune.search_space.{spec.key}: the tune section cannot be searched")
-        if spec.key.startswith("tasks.") and not spec.key.startswith(WILDCARD):
-            task = spec.key.split(".")[1]
-            if task not in tasks:
-                raise ConfigError(f"tune.search_space.{spec.key}: unknown task {task!r}; tasks: {', '.join(tasks)}")
-        if spec.kind == "choice":
-            probes = list(spec.values)
-        elif spec.kind == "simplex":
-            probes = [None]
-        else:
-            probes = list(spec.values)
-        for value in probes:
-            overrides = (
-                sample_overrides([spec], tasks, random.Random(0)) if value is None else _expand(spec.key, value, tasks)
-            )
-            trial = TrialSpec("check", "search", overrides)
-            try:
-                data = apply_trial(base, trial)
-                _check_known_path(base, overrides)
-                config_from_dict(data)
-            except ConfigError as exc:
-                raise ConfigError(f"tune.search_space.{spec.key}: {exc}") from None
-
-
-def _check_known_path(base: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """``apply_overrides`` creates missing mappings; a key under ``tasks.<name>`` that is not a task
-    would silently add a task, so check the first two levels exist before building."""
-    for key in overrides:
-        parts = key.split(".")
-        if parts[0] == "tasks" and parts[1] not in (base.get("tasks") or {}):
-            raise ConfigError(f"{key}: unknown task {parts[1]!r}")
-
-
-def build_trials(base: dict[str, Any], tune_cfg: Any, supervised_tasks: list[str]) -> list[TrialSpec]:
-    """The experiment's pre-drawn trials in run order: single-task baselines, the default config, then
-    the search (``num_samples`` random draws or the full grid; none for ``optuna``, whose ``num_samples``
-    trials are suggested while the search runs). ``tune_cfg`` is a :class:`~mtl_ray.config.TuneConfig`."""
-    if tune_cfg.search_alg == "optuna":
-        require_optuna()
-    specs = parse_space(tune_cfg.search_space)
-    check_keys(base, specs)
-    tasks = sorted(base["tasks"])
-    trials: list[TrialSpec] = []
-    if tune_cfg.baselines:
-        if len(supervised_tasks) < 2 and len(tasks) < 2:
-            raise ConfigError("tune.baselines: a single-task config has no multi-task trial to compare; set it false")
-        trials += [TrialSpec(f"single-{t}", "single", {}, only_task=t) for t in supervised_tasks]
-    if tune_cfg.include_default:
-        trials.append(TrialSpec("default", "default", {}))
-    if tune_cfg.search_alg == "optuna":
-        return trials
-    if tune_cfg.search_alg == "grid":
-        draws = grid_overrides(specs, tasks)
-    else:
-        rng = random.Random(tune_cfg.seed)
-        draws = [sample_overrides(specs, tasks, rng) for _ in range(tune_cfg.num_samples)]
-    trials += [TrialSpec(f"search-{i:03d}", "search", o) for i, o in enumerate(draws)]
-    return trials

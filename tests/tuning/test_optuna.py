@@ -12,15 +12,8 @@ import pytest
 
 from mtl_ray.config import TuneConfig
 from mtl_ray.errors import ConfigError
-from mtl_ray.tuning.space import (
-    OPTUNA_MISSING,
-    SIMPLEX_LOW,
-    TrialSpec,
-    build_trials,
-    params_to_overrides,
-    parse_space,
-    search_params,
-)
+from mtl_ray.tuning.space import OPTUNA_MISSING, SIMPLEX_LOW, params_to_overrides, parse_space, search_params
+from mtl_ray.tuning.trials import TrialSpec, build_trials
 
 BASE = {
     "tasks": {

@@ -10,7 +10,8 @@ import pytest
 from mtl_ray.config import TuneConfig, config_from_dict
 from mtl_ray.errors import ConfigError
 from mtl_ray.tuning.resources import concurrent_trials
-from mtl_ray.tuning.space import apply_trial, build_trials, grid_overrides, parse_space, sample_overrides
+from mtl_ray.tuning.space import grid_overrides, parse_space, sample_overrides
+from mtl_ray.tuning.trials import apply_trial, build_trials
 
 BASE = {
     "tasks": {
