@@ -12,6 +12,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from mtl_ray.tasks import get_task_type
+
 UNLABELED = "unlabeled"
 UNLABELED_TASK = {
     "type": "contrastive",
@@ -71,7 +73,7 @@ class Run:
 
 
 def supervised_tasks(base: dict[str, Any]) -> list[str]:
-    return [name for name, t in base["tasks"].items() if t.get("type", "classification") != "contrastive"]
+    return [name for name, t in base["tasks"].items() if get_task_type(t.get("type", "classification")).supervised]
 
 
 def build_runs(base: dict[str, Any], arms: list[Arm], seeds: list[int], mtl_steps: int, out_dir: str) -> list[Run]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from study_arms import Arm
 
-from mtl_ray.training.metrics import PRIMARY_METRIC
+from mtl_ray.tasks import get_task_type
 from mtl_ray.tuning.deltam import delta_m, primary_metrics
 
 SINGLE = "single_task"
@@ -52,7 +52,7 @@ def single_baseline(per_arm: dict[str, dict[int, dict[str, Any]]]) -> dict[str, 
 
 
 def metric_names(types: dict[str, str]) -> dict[str, str]:
-    return {task: PRIMARY_METRIC[t] for task, t in types.items() if t in PRIMARY_METRIC}
+    return {task: get_task_type(t).primary_metric for task, t in types.items() if get_task_type(t).supervised}
 
 
 def layers_per_request(arm: Arm, num_layers: int, num_tasks: int) -> int:

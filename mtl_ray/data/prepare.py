@@ -24,6 +24,7 @@ from mtl_ray.data.assets import ASSETS, COMPLETE_MARKER, fetch_asset, file_lock
 from mtl_ray.data.corpora import BUILDERS
 from mtl_ray.data.splits import SPLITS, SplitSpec
 from mtl_ray.errors import DataError
+from mtl_ray.tasks.base import get_task_type
 
 # bump when a builder's output changes so existing caches are rebuilt
 FORMAT_VERSION = 2
@@ -212,7 +213,7 @@ def _features(name: str) -> Any:
     feats = {"text": datasets.Value("string")}
     if task["text_pair_field"]:
         feats["text_pair"] = datasets.Value("string")
-    if task["type"] == "regression":
+    if get_task_type(task["type"]).label_kind == "value":
         feats["label"] = datasets.Value("float32")
     elif task["label_field"] is not None:
         feats["label"] = datasets.Value("string")  # names; indices are assigned at load time

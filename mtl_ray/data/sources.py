@@ -15,6 +15,7 @@ from mtl_ray.config import DataConfig, TaskConfig
 from mtl_ray.data.readers import Table, read_source
 from mtl_ray.data.splits import SPLITS, assign_split
 from mtl_ray.errors import ConfigError, DataError
+from mtl_ray.tasks.base import get_task_type, label_dtype
 
 BUILTIN_PREFIX = "builtin:"
 _INT_RE = r"[+-]?\d+"
@@ -28,9 +29,10 @@ def load_task_splits(task: TaskConfig, data_cfg: DataConfig) -> tuple[Any, list[
     """
     import datasets
 
+    ttype = get_task_type(task.type)
     is_pair = task.text_pair_field is not None
-    has_label = task.type != "contrastive"
-    if task.label_names is not None and task.type not in ("classification", "pair_classification"):
+    has_label = ttype.label_kind is not None
+    if task.label_names is not None and not ttype.has_classes:
         raise ConfigError(f"tasks.{task.name}.label_names: only classification tasks have label names")
     required = {task.text_field: f"tasks.{task.name}.text_field"}
     if is_pair:
@@ -46,9 +48,9 @@ def load_task_splits(task: TaskConfig, data_cfg: DataConfig) -> tuple[Any, list[
         source = task.source
     tables = read_source(source, required)
 
-    frames = [_standardize(t, task, is_pair, has_label) for t in tables]
+    frames = [_standardize(t, task, is_pair, ttype.label_kind) for t in tables]
     splits = _assign_splits(tables, frames, data_cfg)
-    if task.type in ("classification", "pair_classification"):
+    if ttype.has_classes:
         label_names = _resolve_labels(tables, frames, splits, label_names, task)
     else:
         label_names = None
@@ -57,7 +59,7 @@ def load_task_splits(task: TaskConfig, data_cfg: DataConfig) -> tuple[Any, list[
     if is_pair:
         features["text_pair"] = datasets.Value("string")
     if has_label:
-        features["label"] = datasets.Value("float32" if task.type == "regression" else "int64")
+        features["label"] = datasets.Value(label_dtype(task.type))
     out = {}
     for split in SPLITS:
         df = _concat([f[s == split] for f, s in zip(frames, splits)], list(features))
@@ -83,8 +85,8 @@ def _prepare_builtin_source(task: TaskConfig, data_cfg: DataConfig) -> tuple[str
             + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_TASKS)
         )
     spec = BUILTIN_TASKS[name]
-    # any corpus can feed the unsupervised (contrastive) task; otherwise the types must agree
-    if task.type != spec["type"] and task.type != "contrastive":
+    # any corpus can feed an unsupervised task; otherwise the types must agree
+    if task.type != spec["type"] and get_task_type(task.type).supervised:
         raise ConfigError(f"tasks.{task.name}.type: {task.source} is a {spec['type']} dataset, not {task.type}")
     path = prepare_builtin([name], data_cfg, progress=False)[name]
     return str(path), spec["label_names"]
@@ -93,7 +95,7 @@ def _prepare_builtin_source(task: TaskConfig, data_cfg: DataConfig) -> tuple[str
 # --------------------------------------------------------------------------- per-table checks
 
 
-def _standardize(table: Table, task: TaskConfig, is_pair: bool, has_label: bool) -> Any:
+def _standardize(table: Table, task: TaskConfig, is_pair: bool, label_kind: str | None) -> Any:
     """A frame with ``text`` [, ``text_pair``] [, ``label``] (raw label keys or floats), same index."""
     import pandas as pd
 
@@ -102,9 +104,9 @@ def _standardize(table: Table, task: TaskConfig, is_pair: bool, has_label: bool)
     out["text"] = _text_column(df[task.text_field], table, task.text_field)
     if is_pair:
         out["text_pair"] = _text_column(df[task.text_pair_field], table, str(task.text_pair_field))
-    if has_label:
+    if label_kind is not None:
         col = df[task.label_field]
-        if task.type == "regression":
+        if label_kind == "value":
             out["label"] = _regression_column(col, table, task.label_field)
         else:
             out["label"] = _label_keys(col, table, task.label_field)

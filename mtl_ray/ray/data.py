@@ -36,6 +36,7 @@ from typing import Any
 from mtl_ray.config import Config, DataConfig, TaskConfig
 from mtl_ray.data.readers import SPLIT_ALIASES
 from mtl_ray.errors import DataError
+from mtl_ray.tasks.base import get_task_type, label_dtype
 
 STREAM_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".jsonl.gz": "json"}
 SPLIT_NAMES = SPLIT_ALIASES  # the same split-file names as the in-memory reader
@@ -134,7 +135,7 @@ def _required(task: TaskConfig) -> list[str]:
     cols = [task.text_field]
     if task.text_pair_field:
         cols.append(task.text_pair_field)
-    if task.type != "contrastive":
+    if get_task_type(task.type).supervised:
         cols.append(task.label_field)
     return cols
 
@@ -167,12 +168,13 @@ def standardize_batch(
     out = pd.DataFrame({"text": _text(batch[task.text_field], source, task.text_field)})
     if task.text_pair_field:
         out["text_pair"] = _text(batch[task.text_pair_field], source, task.text_pair_field)
-    if task.type == "regression":
+    label_kind = get_task_type(task.type).label_kind
+    if label_kind == "value":
         values = pd.to_numeric(batch[task.label_field], errors="coerce").astype("float64")
         if not np.isfinite(values.to_numpy()).all():
             raise DataError(f"{source}: field {task.label_field!r}: regression target must be a finite number")
         out["label"] = values.astype("float32")
-    elif task.type != "contrastive":
+    elif label_kind == "class":
         col = batch[task.label_field]
         if col.isna().any():
             raise DataError(f"{source}: field {task.label_field!r}: missing (null) label")
@@ -291,7 +293,7 @@ def label_counts(batch: Any, *, has_classes: bool) -> Any:
 def _train_stats(task: TaskConfig, train: Any) -> tuple[int, list[str] | None]:
     """Train rows and class names (from the config, else the sorted distinct train labels, integers
     numerically), in one distributed pass whose output is a few rows per block."""
-    has_classes = task.type in ("classification", "pair_classification")
+    has_classes = get_task_type(task.type).has_classes
     rows = train.map_batches(label_counts, batch_format="pandas", fn_kwargs={"has_classes": has_classes}).take_all()
     count = sum(int(r["n"]) for r in rows)
     if not has_classes:
@@ -339,8 +341,8 @@ def _eval_splits(task: TaskConfig, data: DataConfig, std: Any, label_names: list
     features = {"text": datasets.Value("string")}
     if task.text_pair_field:
         features["text_pair"] = datasets.Value("string")
-    if task.type != "contrastive":
-        features["label"] = datasets.Value("float32" if task.type == "regression" else "int64")
+    if get_task_type(task.type).supervised:
+        features["label"] = datasets.Value(label_dtype(task.type))
     out = {}
     for split in ("validation", "test"):
         part = df[df["split"] == split].reset_index(drop=True)

@@ -293,9 +293,9 @@ def num_encoder_layers(cfg: Config) -> int:
 
 
 def supervised_tasks(cfg: Config) -> list[str]:
-    from mtl_ray.training.metrics import PRIMARY_METRIC
+    from mtl_ray.tasks import get_task_type
 
-    return sorted(t for t, tc in cfg.tasks.items() if tc.type in PRIMARY_METRIC)
+    return sorted(t for t, tc in cfg.tasks.items() if get_task_type(tc.type).supervised)
 
 
 def plan(cfg: Config) -> tuple[dict[str, Any], list[TrialSpec]]:

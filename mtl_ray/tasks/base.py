@@ -12,17 +12,25 @@ for supervised tasks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
 from torch import Tensor, nn
 
 from mtl_ray.errors import ConfigError
+from mtl_ray.tasks.metric_fns import MetricFn
 
 if TYPE_CHECKING:
     from mtl_ray.config import TaskConfig
 
 LABELS = "labels"  # batch key of the targets (int64 class ids / float32 values)
+# What a type's labels are, and the column dtype the data layer stores them as:
+#   "class": a class name in the data, stored as its int64 index into spec.label_names
+#   "value": a number, stored as float32
+#   None:    no label (an unsupervised type)
+LABEL_DTYPES = {"class": "int64", "value": "float32"}
 
 
 @dataclass(frozen=True)
@@ -156,10 +164,20 @@ class TaskType(Protocol):
     is_pair: bool  # inputs are (text, text_pair)
     supervised: bool  # has labels; unsupervised types are trained but not scored
     has_classes: bool  # the head predicts one of spec.label_names
+    label_kind: str | None  # "class" | "value" | None: what the data layer reads and stores (LABEL_DTYPES)
     uses_temperature: bool  # the loss reads spec.temperature (MultiTaskModel fills in model.contrastive_temperature)
     default_metrics: tuple[str, ...]  # metrics when the config names none
-    valid_metrics: tuple[str, ...]  # metrics a config may ask for
+    valid_metrics: tuple[str, ...]  # metrics a config may ask for: the keys of metric_fns
+    metric_fns: Mapping[str, MetricFn]  # name -> fn(predictions (N,), labels (N,), num_labels) -> float
     primary_metric: str | None  # the one entering the aggregate score (higher is better); None: excluded
+
+    def metric_arrays(self, predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What ``metric_fns`` compare: head outputs or scores and labels, normalised to two (N,) arrays."""
+        ...
+
+    def baseline_prediction(self, train_labels: np.ndarray, n: int) -> np.ndarray:
+        """The trivial predictor any trained model has to beat, for ``n`` examples (e.g. the majority class)."""
+        ...
 
     def build_head(self, hidden_size: int, spec: TaskSpec, dropout: float) -> nn.Module:
         """A module mapping the pooled vector (B, H) to this type's output."""
@@ -186,7 +204,11 @@ TASK_TYPES: dict[str, TaskType] = {}
 
 
 def register_task_type(task_type: TaskType) -> TaskType:
-    """Add ``task_type`` to :data:`TASK_TYPES` under its ``name`` (idempotent for the same object)."""
+    """Add ``task_type`` to :data:`TASK_TYPES` under its ``name`` (idempotent for the same object).
+
+    The type's own declarations must agree with each other (a type that says it is supervised but
+    has no primary metric would silently drop out of the aggregate score and Δm%)."""
+    _check_declarations(task_type)
     existing = TASK_TYPES.get(task_type.name)
     if existing is not None and existing is not task_type:
         raise ValueError(f"task type {task_type.name!r} is already registered ({existing!r})")
@@ -200,3 +222,29 @@ def get_task_type(name: str) -> TaskType:
         return TASK_TYPES[name]
     except KeyError:
         raise ConfigError(f"unknown task type {name!r}; valid: {', '.join(sorted(TASK_TYPES))}") from None
+
+
+def _check_declarations(t: TaskType) -> None:
+    problems = []
+    if t.label_kind not in (*LABEL_DTYPES, None):
+        problems.append(f"label_kind {t.label_kind!r} is not one of {[*LABEL_DTYPES, None]}")
+    if t.supervised != (t.label_kind is not None):
+        problems.append(f"supervised={t.supervised} but label_kind={t.label_kind!r}")
+    if t.has_classes != (t.label_kind == "class"):
+        problems.append(f"has_classes={t.has_classes} but label_kind={t.label_kind!r}")
+    if tuple(t.valid_metrics) != tuple(t.metric_fns):
+        problems.append(f"valid_metrics {tuple(t.valid_metrics)} differ from metric_fns {tuple(t.metric_fns)}")
+    if any(m not in t.metric_fns for m in t.default_metrics):
+        problems.append(f"default_metrics {t.default_metrics} not all in metric_fns")
+    if t.supervised and t.primary_metric not in t.default_metrics:
+        problems.append(f"a supervised type needs a primary_metric among its default_metrics, got {t.primary_metric!r}")
+    if not t.supervised and t.primary_metric is not None:
+        problems.append("an unsupervised type has no primary_metric")
+    if problems:
+        raise ValueError(f"task type {t.name!r}: " + "; ".join(problems))
+
+
+def label_dtype(task_type: str) -> str | None:
+    """The dtype of a task's ``label`` column (``"int64"``, ``"float32"``) or None (no labels)."""
+    kind = get_task_type(task_type).label_kind
+    return LABEL_DTYPES[kind] if kind is not None else None

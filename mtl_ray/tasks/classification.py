@@ -9,14 +9,17 @@ it because several built-in tasks are imbalanced.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_ray.tasks.base import LABELS, TaskSpec, register_task_type
 from mtl_ray.tasks.heads import LinearHead
+from mtl_ray.tasks.metric_fns import CLASSIFICATION_METRICS, MetricFn
 
 
 @dataclass(frozen=True)
@@ -26,9 +29,25 @@ class ClassificationType:
     supervised: bool = True
     uses_temperature: bool = False
     has_classes: bool = True
+    label_kind: str | None = "class"
     default_metrics: tuple[str, ...] = ("accuracy", "macro_f1", "mcc")
-    valid_metrics: tuple[str, ...] = ("accuracy", "macro_f1", "mcc")
     primary_metric: str | None = "accuracy"
+
+    @property
+    def metric_fns(self) -> Mapping[str, MetricFn]:
+        return CLASSIFICATION_METRICS
+
+    @property
+    def valid_metrics(self) -> tuple[str, ...]:
+        return tuple(CLASSIFICATION_METRICS)
+
+    def metric_arrays(self, predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pred = predictions.argmax(axis=1) if predictions.ndim == 2 else predictions  # logits (N, C) -> ids
+        return pred.astype(np.int64), labels.astype(np.int64)
+
+    def baseline_prediction(self, train_labels: np.ndarray, n: int) -> np.ndarray:
+        # the most frequent train class; ties: the lowest index
+        return np.full(n, int(np.bincount(train_labels.astype(np.int64)).argmax()), dtype=np.int64)
 
     def build_head(self, hidden_size: int, spec: TaskSpec, dropout: float) -> nn.Module:
         assert spec.label_names is not None  # TaskSpec validation guarantees >= 2 classes

@@ -23,14 +23,17 @@ used in their training-time pooler). No supervised metrics: contrastive tasks ha
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_ray.tasks.base import TaskSpec, register_task_type
+from mtl_ray.tasks.metric_fns import MetricFn
 
 DEFAULT_TEMPERATURE = 0.05  # Gao et al. 2021; model.contrastive_temperature defaults to it
 
@@ -49,9 +52,20 @@ class ContrastiveType:
     supervised: bool = False
     uses_temperature: bool = True
     has_classes: bool = False
+    label_kind: str | None = None
     default_metrics: tuple[str, ...] = ()
     valid_metrics: tuple[str, ...] = ()
     primary_metric: str | None = None
+
+    @property
+    def metric_fns(self) -> Mapping[str, MetricFn]:
+        return {}  # no labels to score
+
+    def metric_arrays(self, predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise ValueError("a contrastive task has no labels to score")
+
+    def baseline_prediction(self, train_labels: np.ndarray, n: int) -> np.ndarray:
+        raise ValueError("a contrastive task has no labels to predict")
 
     def build_head(self, hidden_size: int, spec: TaskSpec, dropout: float) -> nn.Module:
         return nn.Identity()  # the pooled vector is the embedding; no parameters

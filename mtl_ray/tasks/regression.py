@@ -6,14 +6,17 @@ the aggregate score directly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_ray.tasks.base import LABELS, TaskSpec, register_task_type
 from mtl_ray.tasks.heads import LinearHead
+from mtl_ray.tasks.metric_fns import REGRESSION_METRICS, MetricFn
 
 
 @dataclass(frozen=True)
@@ -23,9 +26,26 @@ class RegressionType:
     supervised: bool = True
     uses_temperature: bool = False
     has_classes: bool = False
+    label_kind: str | None = "value"
     default_metrics: tuple[str, ...] = ("pearson", "spearman", "mse")
-    valid_metrics: tuple[str, ...] = ("pearson", "spearman", "mse")
     primary_metric: str | None = "pearson"
+
+    @property
+    def metric_fns(self) -> Mapping[str, MetricFn]:
+        return REGRESSION_METRICS
+
+    @property
+    def valid_metrics(self) -> tuple[str, ...]:
+        return tuple(REGRESSION_METRICS)
+
+    def metric_arrays(self, predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def flat(x: np.ndarray) -> np.ndarray:
+            return x[:, 0] if x.ndim == 2 and x.shape[1] == 1 else x  # a (N, 1) head output
+
+        return flat(predictions).astype(np.float64), flat(labels).astype(np.float64)
+
+    def baseline_prediction(self, train_labels: np.ndarray, n: int) -> np.ndarray:
+        return np.full(n, float(np.mean(train_labels.astype(np.float64))))  # the train mean
 
     def build_head(self, hidden_size: int, spec: TaskSpec, dropout: float) -> nn.Module:
         return LinearHead(hidden_size, 1, dropout, squeeze=True)

@@ -1,6 +1,8 @@
-"""Per-task evaluation metrics (scikit-learn / scipy), the aggregate score and baseline tables.
+"""Per-task evaluation metrics, the aggregate score and baseline tables.
 
-Metrics by task type (the names a task's ``metrics:`` list may use):
+Which metrics a task has, which one is primary and what the trivial baseline predicts all belong to
+its task type (``mtl_ray.tasks``: ``metric_fns``, ``primary_metric``, ``baseline_prediction``); this
+module only applies them, so a new task type needs no edit here. Built-in types:
 
 | task type | metrics |
 |---|---|
@@ -14,80 +16,28 @@ Every value is a Python ``float``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, mean_squared_error
 
 from mtl_ray.errors import ConfigError, DataError
-
-# --------------------------------------------------------------------------- metric functions
-# Each takes (predictions, labels, num_labels): class indices (int) or floats, both shape (N,).
-
-
-def _accuracy(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
-    return float(accuracy_score(gold, pred))
+from mtl_ray.tasks.base import TASK_TYPES, TaskType
+from mtl_ray.tasks.metric_fns import MetricFn
 
 
-def _macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
-    # labels=range(num_labels): a class absent from both predictions and labels still counts (as 0),
-    # so the score is comparable across evaluation slices with different class coverage.
-    return float(f1_score(gold, pred, average="macro", labels=list(range(num_labels)), zero_division=0))
+def _task_type(task_type: str) -> TaskType:
+    if task_type not in TASK_TYPES:
+        raise ConfigError(f"metrics: unknown task type {task_type!r}; valid: {', '.join(sorted(TASK_TYPES))}")
+    return TASK_TYPES[task_type]
 
 
-def _mcc(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
-    return float(matthews_corrcoef(gold, pred))
-
-
-def _is_constant(x: np.ndarray) -> bool:
-    return x.size < 2 or bool(np.all(x == x[0]))
-
-
-def _pearson(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
-    # A correlation is undefined (scipy: NaN + a warning) when either side is constant, e.g. a
-    # collapsed regressor or the mean baseline. We report 0.0 — "no linear relationship" — so that
-    # aggregates and checkpoint ranking stay finite and a constant predictor never beats a real one.
-    if _is_constant(pred) or _is_constant(gold):
-        return 0.0
-    return float(stats.pearsonr(pred, gold).statistic)
-
-
-def _spearman(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
-    if _is_constant(pred) or _is_constant(gold):  # same NaN-safety rule as pearson
-        return 0.0
-    return float(stats.spearmanr(pred, gold).statistic)
-
-
-def _mse(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
-    return float(mean_squared_error(gold, pred))
-
-
-MetricFn = Callable[[np.ndarray, np.ndarray, int], float]
-_CLASSIFICATION: dict[str, MetricFn] = {"accuracy": _accuracy, "macro_f1": _macro_f1, "mcc": _mcc}
-_REGRESSION: dict[str, MetricFn] = {"pearson": _pearson, "spearman": _spearman, "mse": _mse}
-
-METRICS: dict[str, dict[str, MetricFn]] = {
-    "classification": _CLASSIFICATION,
-    "pair_classification": _CLASSIFICATION,
-    "regression": _REGRESSION,
-    "contrastive": {},
-}
-
-# The metric that stands for a task in the aggregate score. Accuracy lies in [0, 1] and Pearson in
-# [-1, 1] (in practice [0, 1] for a useful model): comparable scales where higher is better, so an
-# average of them is meaningful, unlike one that mixes in an unbounded, lower-is-better MSE.
-PRIMARY_METRIC: dict[str, str] = {
-    "classification": "accuracy",
-    "pair_classification": "accuracy",
-    "regression": "pearson",
-}
+def primary_metric(task_type: str) -> str | None:
+    """The metric that stands for a task of this type in the aggregate score (None: not scored)."""
+    return _task_type(task_type).primary_metric
 
 
 def _check_metric_names(task_type: str, metric_names: Sequence[str]) -> dict[str, MetricFn]:
-    if task_type not in METRICS:
-        raise ConfigError(f"metrics: unknown task type {task_type!r}; valid: {', '.join(METRICS)}")
-    available = METRICS[task_type]
+    available = _task_type(task_type).metric_fns
     for name in metric_names:
         if name not in available:
             valid = ", ".join(available) or "none (the task has no labels)"
@@ -112,23 +62,14 @@ def compute_metrics(
     available = _check_metric_names(task_type, metric_names)
     if not metric_names:
         return {}
-    pred = np.asarray(predictions)
-    gold = np.asarray(labels)
-    regression = task_type == "regression"
-    if regression:
-        pred = pred[:, 0] if pred.ndim == 2 and pred.shape[1] == 1 else pred  # (N, 1) head output
-        gold = gold[:, 0] if gold.ndim == 2 and gold.shape[1] == 1 else gold
-        pred, gold = pred.astype(np.float64), gold.astype(np.float64)
-    elif pred.ndim == 2:
-        pred = pred.argmax(axis=1)
+    ttype = _task_type(task_type)
+    pred, gold = ttype.metric_arrays(np.asarray(predictions), np.asarray(labels))
     if pred.ndim != 1 or gold.ndim != 1 or len(pred) != len(gold):
         raise DataError(f"metrics: predictions {pred.shape} and labels {gold.shape} must be two (N,) arrays")
     if len(gold) == 0:
         raise DataError("metrics: no examples to score (empty evaluation split?)")
-    if not regression:
-        pred, gold = pred.astype(np.int64), gold.astype(np.int64)
-        if num_labels is None:
-            num_labels = int(max(pred.max(), gold.max())) + 1
+    if ttype.has_classes and num_labels is None:
+        num_labels = int(max(pred.max(), gold.max())) + 1
     return {name: available[name](pred, gold, num_labels or 0) for name in metric_names}
 
 
@@ -137,7 +78,7 @@ def aggregate_score(
     task_types: Mapping[str, str],
     weights: Mapping[str, float] | None = None,
 ) -> float:
-    """Weighted mean over supervised tasks of their :data:`PRIMARY_METRIC` (the model-selection score).
+    """Weighted mean over supervised tasks of their type's ``primary_metric`` (the model-selection score).
 
     Tasks whose type has no primary metric (the unsupervised ``contrastive`` task) are left out.
     ``weights`` (task -> weight, default 1 each) need not sum to 1. Returns NaN when no supervised
@@ -147,7 +88,7 @@ def aggregate_score(
     for task in per_task:
         if task not in task_types:
             raise ConfigError(f"aggregate score: task {task!r} has no type in task_types")
-        primary = PRIMARY_METRIC.get(task_types[task])
+        primary = primary_metric(task_types[task])
         if primary is None:
             continue
         if primary not in per_task[task]:
@@ -179,13 +120,10 @@ def majority_baseline(
     gold = np.asarray(eval_labels)
     if len(train) == 0:
         raise DataError("majority baseline: the train split has no labels")
-    if task_type == "regression":
-        pred = np.full(len(gold), float(np.mean(train.astype(np.float64))))
-    else:
-        majority = int(np.bincount(train.astype(np.int64)).argmax())
-        pred = np.full(len(gold), majority, dtype=np.int64)
-        if num_labels is None:
-            num_labels = int(max(train.max(), gold.max())) + 1
+    ttype = _task_type(task_type)
+    pred = ttype.baseline_prediction(train, len(gold))
+    if ttype.has_classes and num_labels is None:
+        num_labels = int(max(train.max(), gold.max())) + 1
     return compute_metrics(task_type, metric_names, pred, gold, num_labels)
 
 

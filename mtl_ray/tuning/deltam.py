@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from mtl_ray.training.metrics import PRIMARY_METRIC
+from mtl_ray.tasks import TASK_TYPES
 
 LOWER_IS_BETTER = frozenset({"mse"})
 
@@ -22,7 +22,8 @@ def primary_metrics(per_task: Mapping[str, Mapping[str, float]], task_types: Map
     """task -> its primary metric value, for the supervised tasks in ``per_task``."""
     out = {}
     for task, metrics in per_task.items():
-        name = PRIMARY_METRIC.get(task_types.get(task, ""))
+        ttype = TASK_TYPES.get(task_types.get(task, ""))
+        name = ttype.primary_metric if ttype is not None else None
         if name is not None and name in metrics:
             out[task] = float(metrics[name])
     return out

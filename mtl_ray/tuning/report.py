@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from mtl_ray.training.metrics import PRIMARY_METRIC
+from mtl_ray.training.metrics import primary_metric
 from mtl_ray.tuning.deltam import delta_m, primary_metrics
 
 SCORE = "val/aggregate"
@@ -71,7 +71,7 @@ def build_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         types = task_types(cfg)
         per_task = per_task_metrics(metrics)
         prim = primary_metrics(per_task, types)
-        names = {t: PRIMARY_METRIC[types[t]] for t in prim}
+        names = {t: primary_metric(types[t]) for t in prim}
         num_layers = metrics.get("model/num_layers")
         k = cfg["model"].get("sharing_depth")
         if k is None and num_layers is not None:

@@ -12,11 +12,11 @@ from sklearn.metrics import f1_score, matthews_corrcoef, mean_squared_error
 
 from mtl_ray.errors import ConfigError, DataError
 from mtl_ray.training.metrics import (
-    PRIMARY_METRIC,
     aggregate_score,
     compute_metrics,
     format_table,
     majority_baseline,
+    primary_metric,
 )
 
 PRED = np.array([0, 1, 2, 1, 0, 2, 2, 1])
@@ -91,7 +91,7 @@ def test_aggregate_score_by_hand():
         (2 * 0.8 + 0.6 + 0.4) / 4
     )
     assert math.isnan(aggregate_score({"unsup": {}}, {"unsup": "contrastive"}))
-    assert PRIMARY_METRIC["regression"] == "pearson"
+    assert primary_metric("regression") == "pearson" and primary_metric("contrastive") is None
     with pytest.raises(ConfigError, match="needs 'accuracy'"):
         aggregate_score({"sent": {"macro_f1": 0.5}}, {"sent": "classification"})
 
