@@ -70,12 +70,13 @@ def throughput(history: list[dict]) -> dict:
 
 
 def run_inproc(cfg: Any) -> dict:
-    from mtl_ray.training.loop import MultiTaskTrainer, fit
+    from mtl_ray.training.builders import build_trainer
+    from mtl_ray.training.loop import fit
     from mtl_ray.training.run import setup_run
 
     start = time.time()
     setup = setup_run(cfg)
-    trainer = MultiTaskTrainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
+    trainer = build_trainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
     first: list[float] = []
     history: list[dict] = []
     fit(

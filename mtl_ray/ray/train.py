@@ -16,12 +16,10 @@ hands back the last checkpoint: the run continues exactly where that checkpoint 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,10 +27,10 @@ from typing import Any
 
 from mtl_ray.config import Config, config_from_dict, config_to_dict, dump_config
 from mtl_ray.errors import CheckpointError, ConfigError, MtlRayError
+from mtl_ray.training.recorder import SCORE_ATTRIBUTE
 
 FAULT_STEP_ENV = "MTL_RAY_FAULT_AT_STEP"  # kill one worker once, right after this optimizer step
 FAULT_RANK_ENV = "MTL_RAY_FAULT_RANK"  # which rank (default: the last one)
-SCORE_ATTRIBUTE = "val/aggregate"
 # Driver-side defaults Ray Train propagates to its controller and workers (a user's own setting wins):
 RAY_TRAIN_ENV_DEFAULTS = {
     # the controller polls workers every 2 s by default; every report waits for a poll
@@ -52,19 +50,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     splits ref}}``. Rank 0 returns the run's results (test metrics, baselines, history, weight digests)."""
     import ray.train
     import ray.train.torch
-    import torch
 
     from mtl_ray.training import distributed as dist_utils
-    from mtl_ray.training.loop import MultiTaskTrainer, fit
-    from mtl_ray.training.run import baselines, format_log_line
+    from mtl_ray.training.builders import build_trainer
+    from mtl_ray.training.loop import fit
+    from mtl_ray.training.run import EvalCheckpointer, format_log_line, open_recorder, set_torch_threads, test_results
 
     _quiet_ray_train_reports()
     cfg = config_from_dict(config["config"])
     rank = ray.train.get_context().get_world_rank()
-    # a worker reserves cpus_per_worker CPUs: use that many intra-op threads unless told otherwise
-    torch.set_num_threads(cfg.train.num_threads or max(1, int(cfg.ray.cpus_per_worker)))
+    set_torch_threads(cfg, cfg.ray.cpus_per_worker)  # a worker reserves cpus_per_worker CPUs
     setup, streams = _setup_worker_data(cfg, config.get("streamed") or {})
-    trainer = MultiTaskTrainer(
+    trainer = build_trainer(
         cfg,
         setup.model,
         setup.data,
@@ -73,7 +70,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         train_streams=streams,
     )
     restored_from = _restore(trainer, cfg, config.get("resume_from"))
-    recorder = _open_recorder(Path(cfg.train.output_dir), trainer.step) if rank == 0 else None
+    recorder = open_recorder(Path(cfg.train.output_dir), trainer.step) if rank == 0 else None
     if rank == 0 and restored_from:
         print(f"resumed at step {trainer.step} from {restored_from}", flush=True)
     fault = config.get("fault")
@@ -90,13 +87,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             recorder.log(metrics)
             print(format_log_line(metrics, cfg.train.max_steps), flush=True)
 
-    def on_eval(step: int, per_task: dict[str, dict[str, float]], aggregate: float) -> None:
-        _report_eval(cfg, trainer, setup.tokenizer, recorder, step, per_task, aggregate)
-
+    on_eval = EvalCheckpointer(
+        cfg, trainer, setup.tokenizer, writer=rank == 0, recorder=recorder, publish=report_to_ray_train
+    )
     start = time.perf_counter()
     fit(trainer, on_step=on_step, on_log=on_log, on_eval=on_eval)
     train_seconds = time.perf_counter() - start
-    test = trainer.evaluate("test")  # every rank scores its share; gathered on all ranks
+    results = test_results(trainer, setup.data)  # every rank scores its share; gathered on all ranks
     digests = dist_utils.gather_objects(param_digest(trainer.model))
     if recorder is None:
         return None
@@ -107,9 +104,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         "train_seconds": train_seconds,
         "first_step_unix": first_step_at[0] if first_step_at else None,
         "restored_from": restored_from,
-        "test": test,
-        "test_aggregate": trainer.aggregate(test) if test else None,
-        "majority_baseline": baselines(setup.data, "test"),
+        **results,
         "history": recorder.history,
         "rank_param_digests": digests,
     }
@@ -153,59 +148,16 @@ def _restore(trainer: Any, cfg: Config, resume_from: str | None) -> str | None:
     return str(checkpoint.path)
 
 
-def _open_recorder(out: Path, step: int) -> Any:
-    """Rank 0's metrics.jsonl + TensorBoard writer. A (re)started run keeps the records up to the step
-    it starts from and drops the rest, so the history never holds a step twice; a fresh run (step 0)
-    starts an empty history."""
-    from mtl_ray.training.run import RunRecorder
-
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "metrics.jsonl"
-    kept: list[dict[str, Any]] = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if record.get("step", 0) <= step:
-                    kept.append(record)
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    recorder = RunRecorder(out, purge_step=step + 1 if step > 0 else None)
-    recorder.history.extend(kept)
-    return recorder
-
-
-def _report_eval(
-    cfg: Config,
-    trainer: Any,
-    tokenizer: Any,
-    recorder: Any,
-    step: int,
-    per_task: dict[str, dict[str, float]],
-    aggregate: float,
-) -> None:
-    """Every rank reports (``ray.train.report`` is a barrier); rank 0 attaches the checkpoint."""
+def report_to_ray_train(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    """:class:`~mtl_ray.training.run.EvalCheckpointer`'s ``publish`` on a Ray Train worker. Every rank
+    reports (``ray.train.report`` is a barrier); rank 0 attaches the checkpoint."""
     import ray.train
 
-    from mtl_ray.training.checkpointing import save_training_checkpoint
-    from mtl_ray.training.run import flatten_metrics
-
-    metrics = {"step": step, SCORE_ATTRIBUTE: aggregate, **flatten_metrics(per_task, "val")}
-    name = f"step-{step:07d}"
-    if recorder is None:
+    name = f"step-{int(metrics['step']):07d}"
+    if checkpoint is None:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return
-    recorder.log(metrics)
-    print(f"eval step {step}: aggregate={aggregate:.4f}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="mtl-ray-ckpt-", ignore_cleanup_errors=True) as tmp:
-        path = save_training_checkpoint(
-            Path(tmp) / name,
-            cfg,
-            trainer.model,
-            tokenizer,
-            trainer.state_dict(),
-            {"validation": per_task, "aggregate": aggregate},
-        )
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)), checkpoint_dir_name=name)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)), checkpoint_dir_name=name)
     # A report is only a queued message until the controller's next poll: a worker that dies before
     # then takes the checkpoint with it and the restart begins at step 0. Wait until it is committed
     # (at most one poll interval, once per evaluation) so a failure always resumes from it.
@@ -368,8 +320,7 @@ def run_ray_training(
     extra = {"CPU": cfg.ray.data_cpus} if cfg.ray.streaming else None
     request = ResourceRequest(cfg.ray.num_workers, per_worker, extra, "kept free for Ray Data (ray.data_cpus)")
     fault = fault_from_env(out, cfg.ray.num_workers)
-    for key, value in RAY_TRAIN_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    apply_env_defaults()
 
     with ray_session(resolve_address(address, cfg.ray.address)):
         check_resources(request)
@@ -436,14 +387,61 @@ def tokenizer_location(cfg: Config) -> str:
     return cfg.model.encoder
 
 
-def _build_trainer(
-    cfg: Config, storage: str, resume_from: str | None, fault: dict[str, Any] | None, streamed: dict[str, Any]
+def apply_env_defaults() -> None:
+    """Ray Train's driver-side settings (a user's own environment wins); before any TorchTrainer."""
+    for key, value in RAY_TRAIN_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def build_torch_trainer(
+    cfg: Config,
+    *,
+    name: str,
+    storage: str,
+    loop_config: dict[str, Any],
+    num_to_keep: int,
+    resources_per_worker: dict[str, float] | None = None,
+    callbacks: list[Any] | None = None,
+    max_failures: int = 0,
+    rank_by_score: bool = True,
+    **data_kwargs: Any,
 ) -> Any:
+    """The one TorchTrainer of mtl-ray (``mtl-ray train`` and multi-worker Tune trials): ``cfg.ray``'s
+    workers around :func:`train_loop_per_worker`, gloo on CPU / nccl on GPU, the best ``num_to_keep``
+    checkpoints by ``val/aggregate`` (``rank_by_score=False``: the latest ones), Ray Train's own per-report
+    logs off (our log line replaces them)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    apply_env_defaults()
+    per_worker = resources_per_worker or {"CPU": cfg.ray.cpus_per_worker}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=per_worker
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=num_to_keep,
+                checkpoint_score_attribute=SCORE_ATTRIBUTE if rank_by_score else None,
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+        **data_kwargs,
+    )
+
+
+def _build_trainer(
+    cfg: Config, storage: str, resume_from: str | None, fault: dict[str, Any] | None, streamed: dict[str, Any]
+) -> Any:
     out = Path(cfg.train.output_dir)
-    name = f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     stream_info = {
         t.name: {"key": t.key, "num_examples": t.num_examples, "label_names": t.label_names, "eval_ref": t.eval_ref}
         for t in streamed.values()
@@ -453,33 +451,19 @@ def _build_trainer(
         from mtl_ray.ray.data import data_config
 
         data_kwargs = {"datasets": {t.key: t.dataset for t in streamed.values()}, "dataset_config": data_config(cfg)}
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
+    return build_torch_trainer(
+        cfg,
+        name=f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+        storage=storage,
+        loop_config={
             "config": config_to_dict(cfg),
             "resume_from": resume_from,
             "fault": fault,
             "streamed": stream_info,
         },
+        num_to_keep=cfg.ray.num_to_keep,
+        max_failures=cfg.ray.max_failures,
         **data_kwargs,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers,
-            use_gpu=cfg.ray.use_gpu,
-            resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
-        ),
-        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.ray.num_to_keep,
-                checkpoint_score_attribute=SCORE_ATTRIBUTE,
-                checkpoint_score_order="max",
-            ),
-            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-            # our own per-interval line replaces Ray Train's per-report INFO logs
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
     )
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -70,41 +69,31 @@ def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def _fit_local(cfg: Config, cpus: float, prefix: str) -> None:
     """The plain loop in this process; a restored trial continues from Tune's checkpoint."""
-    import torch
     from ray import tune
 
-    from mtl_ray.training.checkpointing import save_training_checkpoint
-    from mtl_ray.training.loop import MultiTaskTrainer, fit
-    from mtl_ray.training.run import flatten_metrics, restore_trainer, setup_run
+    from mtl_ray.training.builders import build_trainer
+    from mtl_ray.training.loop import fit
+    from mtl_ray.training.run import EvalCheckpointer, open_recorder, restore_trainer, set_torch_threads, setup_run
 
-    torch.set_num_threads(cfg.train.num_threads or max(1, int(cpus)))
+    set_torch_threads(cfg, cpus)
     setup = setup_run(cfg)
-    trainer = MultiTaskTrainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id)
+    trainer = build_trainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             restore_trainer(trainer, cfg, path)
 
-    def on_eval(step: int, per_task: dict[str, dict[str, float]], aggregate: float) -> None:
-        metrics = {
-            "step": step,
-            "val/aggregate": aggregate,
-            **flatten_metrics(per_task, "val"),
-            "model/sharing_depth": trainer.model.sharing_depth,
-            "model/num_layers": trainer.model.num_layers,
-        }
-        with tempfile.TemporaryDirectory(prefix="mtl-tune-ckpt-", ignore_cleanup_errors=True) as tmp:
-            path = save_training_checkpoint(
-                Path(tmp) / f"step-{step:07d}",
-                cfg,
-                trainer.model,
-                setup.tokenizer,
-                trainer.state_dict(),
-                {"validation": per_task, "aggregate": aggregate},
-            )
-            tune.report(_prefixed(metrics, prefix), checkpoint=tune.Checkpoint.from_directory(str(path)))
+    def publish(metrics: dict[str, Any], path: Path | None) -> None:
+        assert path is not None  # one process: it always writes
+        tune.report(_prefixed(metrics, prefix), checkpoint=tune.Checkpoint.from_directory(str(path)))
 
-    fit(trainer, on_eval=on_eval)
+    recorder = open_recorder(Path(cfg.train.output_dir), trainer.step)  # the trial's own metrics.jsonl
+    extra = {"model/sharing_depth": trainer.model.sharing_depth, "model/num_layers": trainer.model.num_layers}
+    fit(
+        trainer,
+        on_eval=EvalCheckpointer(cfg, trainer, setup.tokenizer, recorder=recorder, publish=publish, extra=extra),
+    )
+    recorder.close()
 
 
 def _fit_distributed(cfg: Config, trial: TrialSpec, tune_section: dict[str, Any], prefix: str) -> None:
@@ -116,13 +105,9 @@ def _fit_distributed(cfg: Config, trial: TrialSpec, tune_section: dict[str, Any]
     resumed experiment restarts finds its own run's checkpoints (Train V2 restores the latest one of a
     run of the same name and storage) and continues from there; a new experiment has new trial ids."""
     from ray import tune
-    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from mtl_ray.ray.train import RAY_TRAIN_ENV_DEFAULTS, train_loop_per_worker
+    from mtl_ray.ray.train import build_torch_trainer
 
-    for key, value in RAY_TRAIN_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     workers = int(tune_section["workers_per_trial"])
     gpus = float(tune_section.get("gpus_per_trial", 0.0))
     cpus = float(tune_section.get("cpus_per_trial", 1.0))
@@ -131,18 +116,15 @@ def _fit_distributed(cfg: Config, trial: TrialSpec, tune_section: dict[str, Any]
         per_worker["GPU"] = gpus
     # the trial's own run: its saved config says how wide it trained (workers size their torch threads by it)
     cfg.ray.num_workers, cfg.ray.cpus_per_worker, cfg.ray.use_gpu = workers, cpus, gpus > 0
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": config_to_dict(cfg), "resume_from": None, "fault": None, "streamed": {}},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
-        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
-        run_config=RunConfig(
-            name=f"{trial.trial_id}-{tune.get_context().get_trial_id()}",
-            storage_path=str(Path(cfg.train.output_dir) / "ray"),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=[_PrefixedTuneReportCallback(prefix)],
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
+    trainer = build_torch_trainer(
+        cfg,
+        name=f"{trial.trial_id}-{tune.get_context().get_trial_id()}",
+        storage=str(Path(cfg.train.output_dir) / "ray"),
+        loop_config={"config": config_to_dict(cfg), "resume_from": None, "fault": None, "streamed": {}},
+        num_to_keep=1,
+        rank_by_score=False,  # keep the latest: a restored trial continues from where it stood
+        resources_per_worker=per_worker,
+        callbacks=[_PrefixedTuneReportCallback(prefix)],
     )
     trainer.fit()
 

@@ -1,11 +1,14 @@
-"""Builders: turn a :class:`~mtl_ray.config.Config` into tokenized task data and a model."""
+"""Builders: the only code that turns a :class:`~mtl_ray.config.Config` into components — tokenized
+task data, the model, and the trainer with its optimizer, scheduler, task sampler and loss weighting
+(each built by its own module's builder and handed to :class:`~mtl_ray.training.loop.MultiTaskTrainer`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import datasets
+import torch
 
 from mtl_ray.config import Config
 from mtl_ray.data.sources import load_task_splits
@@ -13,19 +16,15 @@ from mtl_ray.data.tokenize import tokenize_split
 from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec
+from mtl_ray.training.loop import MultiTaskTrainer, RowStream, resolve_device
+from mtl_ray.training.optim import build_optimizer, build_scheduler
+from mtl_ray.training.samplers import build_sampler
+from mtl_ray.training.task_data import TaskData
+from mtl_ray.training.weighting import build_weighting
+
+__all__ = ["SPLITS", "TaskData", "build_model", "build_trainer", "load_specs_and_splits", "tokenize_tasks"]
 
 SPLITS = ("train", "validation", "test")
-
-
-@dataclass
-class TaskData:
-    """One task's resolved spec and tokenized splits (columns input_ids, attention_mask, token_type_ids[, labels])."""
-
-    spec: TaskSpec
-    splits: dict[str, datasets.Dataset]
-
-    def size(self, split: str) -> int:
-        return len(self.splits[split]) if split in self.splits else 0
 
 
 def load_specs_and_splits(
@@ -72,3 +71,45 @@ def build_model(cfg: Config, specs: dict[str, TaskSpec]) -> tuple[MultiTaskModel
         contrastive_temperature=cfg.model.contrastive_temperature,
     )
     return model, tokenizer
+
+
+def train_sizes(data: Mapping[str, TaskData], streams: Mapping[str, RowStream]) -> dict[str, int]:
+    """Training rows per task (all ranks together): what the task sampler draws by."""
+    tasks = sorted({t for t, d in data.items() if d.size("train") > 0} | set(streams))
+    if not tasks:
+        raise ValueError("no task has training data")
+    return {t: streams[t].num_examples if t in streams else data[t].size("train") for t in tasks}
+
+
+def build_trainer(
+    cfg: Config,
+    model: MultiTaskModel,
+    data: dict[str, TaskData],
+    pad_token_id: int,
+    *,
+    device: torch.device | str | None = None,
+    train_streams: Mapping[str, RowStream] | None = None,
+) -> MultiTaskTrainer:
+    """The trainer for ``cfg.train``, with its components built here: the loss weighting over the
+    trained tasks' static weights, AdamW over the model (+ learnable weights), the warm-up/decay schedule
+    and the task sampler over the tasks' training sizes. ``train_streams``: tasks whose training rows come
+    from a stream (e.g. a Ray Data shard); their ``data`` entry holds only eval splits."""
+    tcfg = cfg.train
+    streams = dict(train_streams or {})
+    sizes = train_sizes(data, streams)
+    device = torch.device(device) if device is not None else resolve_device(tcfg.device)
+    model = model.to(device)
+    weighting = build_weighting(tcfg.weighting, {t: data[t].spec.loss_weight for t in sizes}, tcfg).to(device)
+    optimizer = build_optimizer(model, weighting, tcfg)
+    return MultiTaskTrainer(
+        tcfg,
+        model,
+        data,
+        pad_token_id,
+        weighting=weighting,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, tcfg),
+        sampler=build_sampler(tcfg.sampler, sizes, tcfg, tcfg.seed),
+        device=device,
+        train_streams=streams,
+    )

@@ -12,8 +12,8 @@ from mtl_ray.data.tokenize import collate
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import get_task_type
 from mtl_ray.training import distributed as dist_utils
-from mtl_ray.training.builders import TaskData
 from mtl_ray.training.metrics import compute_metrics
+from mtl_ray.training.task_data import TaskData
 
 
 def rows(dataset: Any, indices: list[int]) -> list[dict[str, Any]]:

@@ -27,17 +27,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from mtl_ray.config import Config
+from mtl_ray.config import TrainConfig
 from mtl_ray.data.tokenize import collate
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.training import distributed as dist_utils
-from mtl_ray.training.builders import TaskData
 from mtl_ray.training.evaluation import evaluate_model, rows
 from mtl_ray.training.metrics import aggregate_score
-from mtl_ray.training.optim import build_optimizer, build_scheduler
-from mtl_ray.training.samplers import build_sampler
+from mtl_ray.training.samplers import TaskSampler
 from mtl_ray.training.streams import TaskStream
-from mtl_ray.training.weighting import build_weighting
+from mtl_ray.training.task_data import TaskData
+from mtl_ray.training.weighting import LossWeighting
 
 STATE_VERSION = 1
 
@@ -61,22 +60,27 @@ def resolve_device(name: str) -> torch.device:
 
 
 class MultiTaskTrainer:
-    """Owns the optimizer, scheduler, task sampler, loss weighting and per-task data streams."""
+    """Runs optimizer steps and evaluations with the components it is handed (built from the config by
+    :func:`mtl_ray.training.builders.build_trainer`), and owns the per-task data positions."""
 
     def __init__(
         self,
-        cfg: Config,
+        tcfg: TrainConfig,
         model: MultiTaskModel,
         data: dict[str, TaskData],
         pad_token_id: int,
+        *,
+        weighting: LossWeighting,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        sampler: TaskSampler,
         device: torch.device | str | None = None,
         train_streams: Mapping[str, RowStream] | None = None,
     ) -> None:
         """``train_streams``: tasks whose training rows come from a stream (e.g. a Ray Data shard)
         instead of ``data[task].splits["train"]``; their ``data`` entry holds only eval splits."""
-        self.cfg = cfg
-        self.tcfg = cfg.train
-        self.device = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+        self.tcfg = tcfg
+        self.device = torch.device(device) if device is not None else resolve_device(tcfg.device)
         self.rank, self.world_size = dist_utils.rank_and_world()
         self.model = model.to(self.device)
         self.data = data
@@ -88,11 +92,10 @@ class MultiTaskTrainer:
         sizes = {
             t: self.external[t].num_examples if t in self.external else data[t].size("train") for t in self.train_tasks
         }
-        static = {t: data[t].spec.loss_weight for t in self.train_tasks}
-        self.weighting = build_weighting(self.tcfg.weighting, static, self.tcfg).to(self.device)
-        self.optimizer = build_optimizer(self.model, self.weighting, self.tcfg)
-        self.scheduler = build_scheduler(self.optimizer, self.tcfg)
-        self.sampler = build_sampler(self.tcfg.sampler, sizes, self.tcfg, self.tcfg.seed)
+        self.weighting = weighting
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.sampler = sampler
         self.streams: dict[str, TaskStream | RowStream] = {
             t: self.external.get(t) or TaskStream(t, sizes[t], self.tcfg.seed, self.rank, self.world_size)
             for t in self.train_tasks

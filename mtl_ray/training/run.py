@@ -1,25 +1,49 @@
-"""In-process training run: data → model → loop → checkpoints, metrics, plots, test table.
+"""A training run in plain Python: data → model → loop → checkpoints, metrics, plots, test table.
 
-This is the single-process driver (``mtl-ray train --no-ray``); Ray Train's per-worker function
-reuses the same pieces (``setup_run``, ``MultiTaskTrainer``, ``fit``, ``RunRecorder``).
+``train`` is the single-process driver (``mtl-ray train --no-ray``). Ray Train's per-worker function
+and Ray Tune's trials reuse the same pieces: ``setup_run`` (data + model), ``build_trainer``, ``fit``,
+and :class:`EvalCheckpointer`, the ONE evaluate → checkpoint → report path, which they hand a
+``publish`` function (``ray.train.report`` / ``tune.report``); ``test_results`` scores the end of a run.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mtl_ray.config import Config, dump_config
-from mtl_ray.training.builders import TaskData, build_model, load_specs_and_splits, tokenize_tasks
+from mtl_ray.training.builders import TaskData, build_model, build_trainer, load_specs_and_splits, tokenize_tasks
 from mtl_ray.training.checkpointing import check_resume_compatible, load_for_resume, save_training_checkpoint
 from mtl_ray.training.loop import MultiTaskTrainer, fit
 from mtl_ray.training.metrics import format_table, majority_baseline
+from mtl_ray.training.recorder import SCORE_ATTRIBUTE, RunRecorder, flatten_metrics, format_log_line, open_recorder
+
+__all__ = [
+    "EvalCheckpointer",
+    "RunRecorder",
+    "RunSetup",
+    "baselines",
+    "flatten_metrics",
+    "format_log_line",
+    "open_recorder",
+    "restore_trainer",
+    "set_torch_threads",
+    "setup_run",
+    "test_results",
+    "train",
+    "write_run_outputs",
+]
+
+# publish(metrics, checkpoint directory or None): hands an evaluation to the runner (Ray Train, Tune)
+Publish = Callable[[dict[str, Any], Path | None], None]
 
 
 @dataclass
@@ -27,6 +51,13 @@ class RunSetup:
     model: Any
     tokenizer: Any
     data: dict[str, TaskData]
+
+
+def set_torch_threads(cfg: Config, cpus: float) -> int:
+    """Intra-op threads: ``train.num_threads`` if set, else the CPUs this worker / trial reserved."""
+    threads = cfg.train.num_threads or max(1, int(cpus))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def setup_run(cfg: Config, preloaded: dict[str, Any] | None = None) -> RunSetup:
@@ -55,53 +86,6 @@ def baselines(data: dict[str, TaskData], split: str = "test") -> dict[str, dict[
     return out
 
 
-@dataclass
-class RunRecorder:
-    """Writes metrics.jsonl, TensorBoard scalars and keeps the best/last checkpoints in ``output_dir``."""
-
-    output_dir: Path
-    tensorboard: bool = True
-    # a restarted run: TensorBoard hides events at steps >= purge_step left by the interrupted attempt
-    purge_step: int | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_aggregate: float = float("-inf")
-    best_checkpoint: Path | None = None
-    _writer: Any = None
-
-    def __post_init__(self) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=self.purge_step)
-
-    def log(self, record: dict[str, Any]) -> None:
-        record = {"time": time.time(), **record}
-        self.history.append(record)
-        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._writer is not None:
-            step = int(record.get("step", 0))
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "time"):
-                    self._writer.add_scalar(key, value, step)
-            self._writer.flush()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-
-
-def flatten_metrics(per_task: dict[str, dict[str, float]], prefix: str) -> dict[str, float]:
-    return {f"{prefix}/{task}/{name}": value for task, m in per_task.items() for name, value in m.items()}
-
-
-def format_log_line(metrics: dict[str, float], max_steps: int) -> str:
-    """``step 10/500 texts/s=41.2 rt_sentiment=0.693 ...`` (per-task training loss)."""
-    losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in metrics.items() if k.startswith("loss/"))
-    return f"step {int(metrics['step'])}/{max_steps} texts/s={metrics['texts_per_s']:.1f} {losses}"
-
-
 def restore_trainer(trainer: MultiTaskTrainer, cfg: Config, path: str | Path) -> None:
     """Load model weights and the full training state (exact resume) from a checkpoint directory,
     after checking it was trained on the same tasks, encoder and sharing depth."""
@@ -109,6 +93,94 @@ def restore_trainer(trainer: MultiTaskTrainer, cfg: Config, path: str | Path) ->
     check_resume_compatible(ckpt, cfg, trainer.model)
     trainer.model.load_state_dict(ckpt.model_state)
     trainer.load_state_dict(ckpt.training_state)
+
+
+class EvalCheckpointer:
+    """``fit``'s ``on_eval``: the one evaluate → checkpoint → report path of every runner.
+
+    At each evaluation the flat record (``step``, ``val/aggregate``, ``val/<task>/<metric>`` and
+    ``extra``) goes to the recorder, and the process that writes (``writer``: rank 0; every rank holds
+    the same weights) saves a checkpoint in the project's own format. Then:
+
+    - with ``publish`` (Ray Train, Ray Tune): the checkpoint is written to a temporary directory and
+      ``publish(record, path)`` hands it over (the runner copies it to its storage); ranks that do not
+      write call ``publish(record, None)`` (Ray Train's report is a barrier every rank must reach);
+    - without (``--no-ray``): it is kept in ``checkpoint_dir``, with the best by the aggregate and the
+      latest ones kept (``keep`` in all).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        trainer: MultiTaskTrainer,
+        tokenizer: Any,
+        *,
+        writer: bool = True,
+        recorder: RunRecorder | None = None,
+        checkpoint_dir: Path | None = None,
+        publish: Publish | None = None,
+        extra: dict[str, Any] | None = None,
+        echo: Callable[[str], None] = lambda msg: print(msg, flush=True),
+    ) -> None:
+        if publish is None and checkpoint_dir is None:
+            raise ValueError("EvalCheckpointer: give checkpoint_dir (keep locally) or publish (hand over)")
+        self.cfg, self.trainer, self.tokenizer = cfg, trainer, tokenizer
+        self.writer, self.recorder, self.checkpoint_dir = writer, recorder, checkpoint_dir
+        self.publish, self.extra, self.echo = publish, dict(extra or {}), echo
+        self.best_aggregate = float("-inf")
+        self.best_checkpoint: Path | None = None
+
+    def __call__(self, step: int, per_task: dict[str, dict[str, float]], aggregate: float) -> None:
+        record = {"step": step, SCORE_ATTRIBUTE: aggregate, **flatten_metrics(per_task, "val"), **self.extra}
+        if not self.writer:
+            assert self.publish is not None
+            self.publish(record, None)
+            return
+        if self.recorder is not None:
+            self.recorder.log(record)
+        self.echo(f"eval step {step}: aggregate={aggregate:.4f}")
+        name = f"step-{step:07d}"
+        if self.publish is None:
+            assert self.checkpoint_dir is not None
+            path = self._save(self.checkpoint_dir / name, per_task, aggregate)
+            self._keep(path, aggregate)
+            return
+        with tempfile.TemporaryDirectory(prefix="mtl-ray-ckpt-", ignore_cleanup_errors=True) as tmp:
+            self.publish(record, self._save(Path(tmp) / name, per_task, aggregate))
+
+    def _save(self, path: Path, per_task: dict[str, dict[str, float]], aggregate: float) -> Path:
+        return save_training_checkpoint(
+            path,
+            self.cfg,
+            self.trainer.model,
+            self.tokenizer,
+            self.trainer.state_dict(),
+            {"validation": per_task, "aggregate": aggregate},
+        )
+
+    def _keep(self, new: Path, aggregate: float) -> None:
+        """Keep the best checkpoint by validation aggregate and the most recent ones."""
+        if aggregate > self.best_aggregate:
+            self.best_aggregate, self.best_checkpoint = aggregate, new
+        assert self.checkpoint_dir is not None
+        keep = self.cfg.ray.num_to_keep
+        existing = sorted(p for p in self.checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        protected = {self.best_checkpoint, new}
+        removable = [p for p in existing if p not in protected]
+        while len(existing) > max(keep, 2) and removable:
+            victim = removable.pop(0)
+            shutil.rmtree(victim, ignore_errors=True)
+            existing.remove(victim)
+
+
+def test_results(trainer: MultiTaskTrainer, data: dict[str, TaskData]) -> dict[str, Any]:
+    """The end of every run: test metrics (gathered over all ranks), their aggregate, the baselines."""
+    test = trainer.evaluate("test")
+    return {
+        "test": test,
+        "test_aggregate": trainer.aggregate(test) if test else None,
+        "majority_baseline": baselines(data, "test"),
+    }
 
 
 def write_run_outputs(out: Path, summary: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -129,51 +201,37 @@ def train(cfg: Config, resume_from: str | Path | None = None, progress: bool = T
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     setup = setup_run(cfg)
-    trainer = MultiTaskTrainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id)
+    trainer = build_trainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id)
     if resume_from is not None:
         restore_trainer(trainer, cfg, resume_from)
     recorder = RunRecorder(out)
-    ckpt_dir = out / "checkpoints"
     bar = _progress_bar(cfg.train.max_steps, trainer.step, progress)
+
+    def echo(line: str) -> None:
+        bar.write(line) if bar is not None else print(line, flush=True)
 
     def on_log(metrics: dict[str, float]) -> None:
         recorder.log(metrics)
-        line = format_log_line(metrics, cfg.train.max_steps)
-        bar.write(line) if bar is not None else print(line, flush=True)
+        echo(format_log_line(metrics, cfg.train.max_steps))
 
-    def on_eval(step: int, per_task: dict[str, dict[str, float]], aggregate: float) -> None:
-        recorder.log({"step": step, "val/aggregate": aggregate, **flatten_metrics(per_task, "val")})
-        path = ckpt_dir / f"step-{step:07d}"
-        save_training_checkpoint(
-            path,
-            cfg,
-            trainer.model,
-            setup.tokenizer,
-            trainer.state_dict(),
-            {"validation": per_task, "aggregate": aggregate},
-        )
-        _keep_checkpoints(ckpt_dir, recorder, path, aggregate, keep=cfg.ray.num_to_keep)
-        msg = f"eval step {step}: aggregate={aggregate:.4f}"
-        bar.write(msg) if bar is not None else print(msg, flush=True)
-
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    on_eval = EvalCheckpointer(
+        cfg, trainer, setup.tokenizer, recorder=recorder, checkpoint_dir=out / "checkpoints", echo=echo
+    )
     start = time.perf_counter()
     fit(trainer, on_step=(lambda _: bar.update(1)) if bar else None, on_log=on_log, on_eval=on_eval)
     if bar is not None:
         bar.close()
     recorder.close()
     elapsed = time.perf_counter() - start
-    test = trainer.evaluate("test")
-    base = baselines(setup.data, "test")
     summary = {
         "output_dir": str(out),
         "steps": trainer.step,
         "train_seconds": elapsed,
         "examples_seen": trainer.examples_seen,
-        "best_checkpoint": str(recorder.best_checkpoint) if recorder.best_checkpoint else None,
-        "best_validation_aggregate": recorder.best_aggregate,
-        "test": test,
-        "test_aggregate": trainer.aggregate(test) if test else None,
-        "majority_baseline": base,
+        "best_checkpoint": str(on_eval.best_checkpoint) if on_eval.best_checkpoint else None,
+        "best_validation_aggregate": on_eval.best_aggregate,
+        **test_results(trainer, setup.data),
     }
     return write_run_outputs(out, summary, recorder.history)
 
@@ -184,17 +242,3 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-
-def _keep_checkpoints(ckpt_dir: Path, recorder: RunRecorder, new: Path, aggregate: float, keep: int) -> None:
-    """Keep the best checkpoint by validation aggregate and the most recent ones (``keep`` in all)."""
-    if aggregate > recorder.best_aggregate:
-        recorder.best_aggregate = aggregate
-        recorder.best_checkpoint = new
-    existing = sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-"))
-    protected = {recorder.best_checkpoint, new}
-    removable = [p for p in existing if p not in protected]
-    while len(existing) > max(keep, 2) and removable:
-        victim = removable.pop(0)
-        shutil.rmtree(victim, ignore_errors=True)
-        existing.remove(victim)

@@ -24,9 +24,9 @@ from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.config import config_from_dict, config_to_dict
 from mtl_ray.errors import CheckpointError, MtlRayError
 from mtl_ray.ray.train import FAULT_STEP_ENV, run_ray_training
+from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.checkpointing import model_from_checkpoint
 from mtl_ray.training.evaluation import evaluate_model
-from mtl_ray.training.loop import MultiTaskTrainer
 from mtl_ray.training.run import setup_run
 
 pytestmark = [
@@ -79,7 +79,7 @@ def test_two_workers_equal_one_process_with_twice_the_batch(reference_run):
     # single process, batch 16 = 8 per worker × 2 workers: the same global batches
     single = config_from_dict({**config_to_dict(cfg), "train": {**config_to_dict(cfg)["train"], "batch_size": 16}})
     setup = setup_run(single)
-    trainer = MultiTaskTrainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
+    trainer = build_trainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
     for _ in range(STEPS):
         trainer.train_step()
     ray_state = final_state(summary)

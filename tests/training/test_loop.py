@@ -9,19 +9,19 @@ import torch
 from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.errors import CheckpointError
 from mtl_ray.predictor import PredictError, Predictor
+from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.checkpointing import (
     check_resume_compatible,
     load_for_resume,
     model_from_checkpoint,
     save_training_checkpoint,
 )
-from mtl_ray.training.loop import MultiTaskTrainer
 from mtl_ray.training.run import setup_run, train
 
 
 def make_trainer(cfg):
     setup = setup_run(cfg)
-    return MultiTaskTrainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id), setup
+    return build_trainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id), setup
 
 
 def run_steps(trainer, n):
