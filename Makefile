@@ -26,7 +26,7 @@ test: venv  ## the full suite: unit, then integration (real local Ray) and real-
 	$(PY) -m pytest -q -m "not integration and not real"
 	$(PY) -m pytest -q -m "integration or real" -p no:cacheprovider || [ $$? -eq 5 ]
 
-test-unit: venv  ## fast unit tests only (no Ray, tiny in-process model)
+test-unit: venv  ## fast unit tests only (tiny in-process model; no Ray cluster is started)
 	$(PY) -m pytest -q -m "not integration and not real"
 
 test-integration: venv  ## tests that start a real local Ray

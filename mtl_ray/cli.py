@@ -1,6 +1,9 @@
-"""``mtl-ray`` command line: data prepare, train, eval, predict, doctor.
+"""``mtl-ray`` command line (also ``python -m mtl_ray``): ``data prepare``, ``train``, ``eval``,
+``predict``, ``serve`` (and ``serve build``), ``tune``, ``demo``, ``doctor``. ``mtl-ray COMMAND --help``
+describes each.
 
 Errors that are the user's to fix (config, data, checkpoint) print one ``error:`` line and exit 2.
+This module imports no Ray: the commands that need it import :mod:`mtl_ray.ray` when they run.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging
 from mtl_ray.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_ENCODERS = ("all-MiniLM-L6-v2",)  # pinned PyPI wheel, see /work/shared/ASSETS.md
+BUILTIN_ENCODERS = ("all-MiniLM-L6-v2",)  # pinned PyPI wheel, see docs/data.md (pinned artifacts and their sha256)
 # config.to_dict() keys that describe where/when a model was saved, not what it is
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
 _LAYERWISE_ATOL = 1e-5

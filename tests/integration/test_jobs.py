@@ -12,7 +12,6 @@ The head runs with token auth off (local test only) and is stopped by SIGTERM to
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from helpers import tiny_config_dict, write_tiny_tasks
 
 from mtl_ray.checkpoint import verify_checkpoint
 from mtl_ray.predictor import Predictor
@@ -43,14 +43,6 @@ RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX
 # the head's SIGTERM drain waits up to 30 s for idle worker leases; a throwaway test head needs none
 HEAD_ENV = {**RAY_ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 TEXTS = ["good great fun film", "the worst boring plot"]
-
-
-def _conftest():
-    """``tests/conftest.py``'s plain helpers (conftests are not importable by name)."""
-    spec = importlib.util.spec_from_file_location("mtl_ray_tests_conftest", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
@@ -145,13 +137,13 @@ def head():
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("jobs")
     encoder = make_tiny_encoder(root / "encoder")
-    files = _conftest().write_tiny_tasks(root / "tasks")
+    files = write_tiny_tasks(root / "tasks")
     return root, encoder, files
 
 
 def write_config(workspace, name: str, **extra) -> Path:
     root, encoder, files = workspace
-    d = _conftest().tiny_config_dict(encoder, files, root / name / "out", max_steps=4, eval_every=2, log_every=2)
+    d = tiny_config_dict(encoder, files, root / name / "out", max_steps=4, eval_every=2, log_every=2)
     d["ray"] = {"num_workers": 1, "cpus_per_worker": 1}
     d.update(extra)
     path = root / name / "config.yaml"

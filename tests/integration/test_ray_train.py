@@ -8,7 +8,6 @@ fault-injection runs, which must end with bit-identical weights.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import tiny_config_dict
 
 from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.config import config_from_dict, config_to_dict
@@ -37,14 +37,6 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 6
-
-
-def tiny_config_dict(*args, **kwargs) -> dict:
-    """``tests/conftest.py``'s config factory (a plain function there; conftests are not importable by name)."""
-    spec = importlib.util.spec_from_file_location("mtl_ray_tests_conftest", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.tiny_config_dict(*args, **kwargs)
 
 
 def make_config(encoder: Path, files: dict, out: Path, workers: int = 2, ray: dict | None = None, **train):

@@ -6,13 +6,13 @@ not fit the cluster fails before any trial, and an interrupted experiment resume
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import time
 from pathlib import Path
 
 import pytest
+from helpers import tiny_config_dict
 
 from mtl_ray.config import config_from_dict, load_config
 from mtl_ray.errors import ConfigError
@@ -23,13 +23,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 20
-
-
-def tiny_config_dict(*args, **kwargs) -> dict:
-    spec = importlib.util.spec_from_file_location("mtl_ray_tests_conftest", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.tiny_config_dict(*args, **kwargs)
 
 
 def make_config(encoder: Path, files: dict, out: Path, **tune):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_config_dict
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -35,9 +36,8 @@ def bench():
 
 @pytest.fixture(scope="module")
 def config_path(tiny_encoder_dir, tiny_task_files, tmp_path_factory) -> Path:
-    conftest = _load("mtl_ray_tests_conftest", REPO / "tests" / "conftest.py")
     root = tmp_path_factory.mktemp("bench-tune-config")
-    d = conftest.tiny_config_dict(tiny_encoder_dir, tiny_task_files, root / "unused", lr=3e-3)
+    d = tiny_config_dict(tiny_encoder_dir, tiny_task_files, root / "unused", lr=3e-3)
     del d["tasks"]["match"]
     d["tune"] = {
         "name": "bench",
