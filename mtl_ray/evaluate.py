@@ -10,10 +10,10 @@ from transformers import AutoTokenizer
 from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.config import apply_overrides, config_from_dict, config_to_dict
 from mtl_ray.data.sources import load_task_splits
+from mtl_ray.device import resolve_device
 from mtl_ray.training.builders import tokenize_tasks
 from mtl_ray.training.checkpointing import model_from_checkpoint
 from mtl_ray.training.evaluation import evaluate_model
-from mtl_ray.training.loop import resolve_device
 from mtl_ray.training.metrics import aggregate_score
 from mtl_ray.training.run import baselines
 

@@ -11,11 +11,12 @@ from transformers import AutoTokenizer
 
 from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.data.tokenize import collate
+from mtl_ray.device import resolve_device
 from mtl_ray.errors import MtlRayError
+from mtl_ray.inference.selection import select_tasks
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec, get_task_type
 from mtl_ray.training.checkpointing import model_from_checkpoint
-from mtl_ray.training.loop import resolve_device
 
 
 class PredictError(MtlRayError, ValueError):
@@ -43,24 +44,8 @@ class Predictor:
         return self.model.specs
 
     def tasks_for(self, is_pair: bool, tasks: Sequence[str] | None = None) -> list[str]:
-        """Validate ``tasks`` against the input kind; None → every applicable supervised task
-        (an unsupervised task's embedding is returned only when asked for by name)."""
-        if tasks is None:
-            names = [t for t, s in sorted(self.specs.items()) if s.is_pair == is_pair and s.supervised]
-            if not names:
-                raise PredictError(f"no task of this checkpoint takes {'pairs' if is_pair else 'texts'}")
-            return names
-        if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
-            raise PredictError("tasks: expected a list of task names")
-        for t in tasks:
-            if t not in self.specs:
-                raise PredictError(f"unknown task {t!r}; valid tasks: {', '.join(sorted(self.specs))}")
-            if self.specs[t].is_pair != is_pair:
-                want = "pairs" if self.specs[t].is_pair else "texts"
-                raise PredictError(f"task {t!r} takes {want}, not {'pairs' if is_pair else 'texts'}")
-        if not tasks:
-            raise PredictError("tasks: empty list")
-        return list(dict.fromkeys(tasks))
+        """Validate ``tasks`` against the input kind (:func:`mtl_ray.inference.selection.select_tasks`)."""
+        return select_tasks(self.specs, is_pair, tasks, PredictError)
 
     def tokenize(self, inputs: Sequence[str] | Sequence[Sequence[str]], is_pair: bool, max_length: int) -> dict:
         if is_pair:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mtl_ray.inference.selection import select_tasks
 from mtl_ray.serving.config import LimitsConfig
 from mtl_ray.serving.parts import Encoded, TokenBatch, tokenize
 from mtl_ray.tasks.base import TaskSpec
@@ -195,22 +196,8 @@ class Gateway:
         return list(pair)
 
     def resolve_tasks(self, is_pair: bool, tasks: Sequence[str] | None) -> list[str]:
-        """Like :meth:`mtl_ray.predictor.Predictor.tasks_for` (default: the applicable supervised tasks),
-        with 422 errors."""
-        kind = "pairs" if is_pair else "texts"
-        valid = ", ".join(sorted(self.specs))
-        if tasks is None:  # an unsupervised task's embedding only when asked for by name
-            names = [t for t, s in sorted(self.specs.items()) if s.is_pair == is_pair and s.supervised]
-            if not names:
-                raise ApiError(422, f"no served task takes {kind} by default; tasks: {valid}")
-            return names
-        for t in tasks:
-            if t not in self.specs:
-                raise ApiError(422, f"unknown task {t!r}; valid tasks: {valid}")
-            if self.specs[t].is_pair != is_pair:
-                want = "pairs" if self.specs[t].is_pair else "texts"
-                raise ApiError(422, f"task {t!r} takes {want}, not {kind}")
-        return list(dict.fromkeys(tasks))
+        """The Predictor's rule (:func:`mtl_ray.inference.selection.select_tasks`), as 422 errors."""
+        return select_tasks(self.specs, is_pair, tasks, lambda msg: ApiError(422, msg))
 
     # ------------------------------------------------------------------ prediction
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from mtl_ray.checkpoint import MODEL_FILE, TOKENIZER_DIR, load_meta, verify_checkpoint
 from mtl_ray.data.tokenize import collate
+from mtl_ray.device import resolve_device
 from mtl_ray.errors import CheckpointError, ConfigError
 from mtl_ray.model.multitask import HEADS_PREFIX, SHARED_PREFIX, TASK_LAYERS_PREFIX, SharedEncoder, TaskTower
 from mtl_ray.model.pooling import POOLERS
@@ -152,12 +153,6 @@ def shared_fingerprint(info: CheckpointInfo) -> str:
 
 
 # --------------------------------------------------------------------------- precision, device
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def apply_precision(module: nn.Module, precision: str) -> nn.Module:

@@ -13,10 +13,11 @@ import torch
 from mtl_ray.config import Config
 from mtl_ray.data.sources import load_task_splits
 from mtl_ray.data.tokenize import tokenize_split
+from mtl_ray.device import resolve_device
 from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec
-from mtl_ray.training.loop import MultiTaskTrainer, RowStream, resolve_device
+from mtl_ray.training.loop import MultiTaskTrainer, RowStream
 from mtl_ray.training.optim import build_optimizer, build_scheduler
 from mtl_ray.training.samplers import build_sampler
 from mtl_ray.training.task_data import TaskData

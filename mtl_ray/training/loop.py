@@ -29,6 +29,7 @@ import torch
 
 from mtl_ray.config import TrainConfig
 from mtl_ray.data.tokenize import collate
+from mtl_ray.device import resolve_device
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.training import distributed as dist_utils
 from mtl_ray.training.evaluation import evaluate_model, rows
@@ -51,12 +52,6 @@ class RowStream(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class MultiTaskTrainer:
