@@ -78,7 +78,8 @@ def run_arms(
     """Run each arm's search (one Ray for all of them) and return ``{arm: {"summary", "wall_s", ...}}``."""
     from mtl_ray.config import load_config
     from mtl_ray.ray.session import ray_session, resolve_address
-    from mtl_ray.ray.tune import experiment_paths, run_tune
+    from mtl_ray.ray.tune import run_tune
+    from mtl_ray.tuning.experiment import experiment_paths
 
     runs: dict[str, dict[str, Any]] = {}
     cfgs = {arm: load_config(config, arm_overrides(config, out, arm, overrides, smoke)) for arm in arms or ARMS}
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run (or with --report-only, re-read) both arms; print and write the comparison; return it."""
     args = parse_args(argv)
     from mtl_ray.config import load_config
-    from mtl_ray.ray.tune import experiment_paths
+    from mtl_ray.tuning.experiment import experiment_paths
 
     out = Path(args.out or ("runs/bench-tune-smoke" if args.smoke else "runs/bench-tune")).expanduser().resolve()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]

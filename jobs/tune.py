@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         from mtl_ray.config import load_config
-        from mtl_ray.ray.tune import format_summary, run_tune
+        from mtl_ray.ray.tune import run_tune
+        from mtl_ray.tuning.experiment import format_summary
 
         if args.resume is None and args.config is None:
             raise MtlRayError("give --config or --resume")

@@ -286,7 +286,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from mtl_ray.config import load_config
-    from mtl_ray.ray.tune import format_summary, run_tune
+    from mtl_ray.ray.tune import run_tune
+    from mtl_ray.tuning.experiment import format_summary
 
     if args.resume is None and args.config is None:
         raise MtlRayError("tune: give --config (a new search) or --resume DIR (continue one)")

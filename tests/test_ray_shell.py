@@ -10,7 +10,7 @@ from mtl_ray.config import TaskConfig, config_from_dict
 from mtl_ray.errors import ConfigError, DataError, MtlRayError
 from mtl_ray.ray.data import ShardStream, stream_source
 from mtl_ray.ray.session import ResourceRequest, _host_port, check_resources, resolve_address
-from mtl_ray.ray.train import FAULT_RANK_ENV, FAULT_STEP_ENV, absolute_paths, fault_from_env, storage_location
+from mtl_ray.training.driver import FAULT_RANK_ENV, FAULT_STEP_ENV, absolute_paths, fault_from_env, storage_location
 
 NODE = {"Alive": True, "Resources": {"CPU": 4.0}}
 

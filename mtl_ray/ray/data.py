@@ -26,7 +26,6 @@ Semantics that differ from in-memory tasks (docs/training.md):
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import posixpath
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtl_ray.config import Config, DataConfig, TaskConfig
+from mtl_ray.data.batches import keep_splits, label_counts, label_indices, standardize_batch, tokenize_batch
 from mtl_ray.data.readers import SPLIT_ALIASES
 from mtl_ray.errors import DataError
 from mtl_ray.tasks.base import get_task_type, label_dtype
@@ -131,110 +131,6 @@ def streamed_tasks(cfg: Config) -> dict[str, StreamSource]:
 # =========================================================================== Ray Data stages (run as tasks)
 
 
-def _required(task: TaskConfig) -> list[str]:
-    cols = [task.text_field]
-    if task.text_pair_field:
-        cols.append(task.text_pair_field)
-    if get_task_type(task.type).supervised:
-        cols.append(task.label_field)
-    return cols
-
-
-def _text(col: Any, source: str, field: str) -> Any:
-    bad = col.isna() | col.astype(str).str.strip().eq("")
-    if bad.any():
-        raise DataError(f"{source}: field {field!r}: missing or empty text ({int(bad.sum())} rows in one block)")
-    return col.astype(str)
-
-
-def standardize_batch(
-    batch: Any, *, task: TaskConfig, data: DataConfig, source: str, given: str | None, carve: tuple[float, float]
-) -> Any:
-    """A pandas batch → ``text`` [, ``text_pair``] [, ``label``], ``split``.
-
-    ``given``: the split this file holds (None: a single table); ``carve``: the (validation, test)
-    fractions still assigned by hash (the in-memory loader's rule: a given split is kept, a missing
-    one is carved out of train)."""
-    import numpy as np
-    import pandas as pd
-
-    from mtl_ray.data.splits import assign_split
-
-    missing = [c for c in _required(task) if c not in batch.columns]
-    if missing:
-        raise DataError(
-            f"{source}: missing column {missing[0]!r}; available columns: {', '.join(map(str, batch.columns))}"
-        )
-    out = pd.DataFrame({"text": _text(batch[task.text_field], source, task.text_field)})
-    if task.text_pair_field:
-        out["text_pair"] = _text(batch[task.text_pair_field], source, task.text_pair_field)
-    label_kind = get_task_type(task.type).label_kind
-    if label_kind == "value":
-        values = pd.to_numeric(batch[task.label_field], errors="coerce").astype("float64")
-        if not np.isfinite(values.to_numpy()).all():
-            raise DataError(f"{source}: field {task.label_field!r}: regression target must be a finite number")
-        out["label"] = values.astype("float32")
-    elif label_kind == "class":
-        col = batch[task.label_field]
-        if col.isna().any():
-            raise DataError(f"{source}: field {task.label_field!r}: missing (null) label")
-        if pd.api.types.is_float_dtype(col) and (col % 1 == 0).all():
-            col = col.astype("int64")  # JSON 1.0 is class 1
-        out["label"] = col.astype(str).str.strip()
-    if given is not None and given != "train":
-        out["split"] = given
-    elif carve == (0.0, 0.0):
-        out["split"] = "train"
-    else:
-        keys = out["text"] if "text_pair" not in out else out["text"] + "\t" + out["text_pair"]
-        out["split"] = [assign_split(k, data.split_seed, carve[0], carve[1]) for k in keys]
-    return out
-
-
-def keep_splits(batch: Any, *, splits: tuple[str, ...]) -> Any:
-    return batch[batch["split"].isin(splits)]
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-
-
-def tokenize_batch(
-    batch: Any, *, tokenizer_path: str, max_length: int, is_pair: bool, label_names: list[str] | None, source: str
-) -> Any:
-    """Standardized pandas rows → a pyarrow table of unpadded ``input_ids``, ``attention_mask``,
-    ``token_type_ids`` [, ``labels``]: what ``collate`` takes, as in-memory tokenization makes it."""
-    import pyarrow as pa
-
-    from mtl_ray.data.tokenize import _Tokenize  # the very function the in-memory path maps
-
-    cols: dict[str, list[Any]] = {"text": batch["text"].tolist()}
-    if is_pair:
-        cols["text_pair"] = batch["text_pair"].tolist()
-    if "label" in batch:
-        cols["label"] = _label_indices(batch["label"], label_names, source)
-    enc = _Tokenize(_tokenizer(tokenizer_path), max_length, is_pair)(cols)
-    return pa.table({k: v for k, v in enc.items()})
-
-
-def _label_indices(col: Any, label_names: list[str] | None, source: str) -> list[Any]:
-    if label_names is None:  # regression
-        return [float(v) for v in col]
-    index = {n: i for i, n in enumerate(label_names)}
-    out = []
-    for key in col:
-        if key in index:
-            out.append(index[key])
-        elif key.lstrip("+-").isdigit() and 0 <= int(key) < len(label_names):
-            out.append(int(key))  # an integer class index into label_names
-        else:
-            raise DataError(f"{source}: label {key!r} is not one of {', '.join(label_names)}")
-    return out
-
-
 # =========================================================================== driver: plan the stream
 
 
@@ -278,16 +174,6 @@ def _standardized(task: TaskConfig, data: DataConfig, src: StreamSource, cpus: f
         )
         parts.append(ds)
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-
-
-def label_counts(batch: Any, *, has_classes: bool) -> Any:
-    """Per block: row count per label (classification) or the row count: tiny output for the driver."""
-    import pandas as pd
-
-    if has_classes:
-        counts = batch["label"].value_counts()
-        return pd.DataFrame({"label": counts.index.astype(str), "n": counts.to_numpy(dtype="int64")})
-    return pd.DataFrame({"label": [""], "n": [len(batch)]})
 
 
 def _train_stats(task: TaskConfig, train: Any) -> tuple[int, list[str] | None]:
@@ -350,7 +236,7 @@ def _eval_splits(task: TaskConfig, data: DataConfig, std: Any, label_names: list
             raise DataError(f"{task.source}: split {split!r} is empty; provide more rows or a {split} file")
         part = subsample(part, task.max_eval_examples, data.split_seed)
         if "label" in part:
-            part = part.assign(label=_label_indices(part["label"], label_names, task.source))
+            part = part.assign(label=label_indices(part["label"], label_names, task.source))
         out[split] = datasets.Dataset.from_pandas(
             part[list(features)], features=datasets.Features(features), preserve_index=False
         )

@@ -15,7 +15,6 @@ hands back the last checkpoint: the run continues exactly where that checkpoint 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
@@ -26,11 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from mtl_ray.config import Config, config_from_dict, config_to_dict, dump_config
-from mtl_ray.errors import CheckpointError, ConfigError, MtlRayError
+from mtl_ray.errors import MtlRayError
+from mtl_ray.training.driver import (
+    FAULT_RANK_ENV,
+    FAULT_STEP_ENV,
+    absolute_paths,
+    check_task_data,
+    fault_from_env,
+    is_uri,
+    param_digest,
+    precheck_resume,
+    prepare_assets,
+    storage_location,
+    tokenizer_location,
+)
 from mtl_ray.training.recorder import SCORE_ATTRIBUTE
 
-FAULT_STEP_ENV = "MTL_RAY_FAULT_AT_STEP"  # kill one worker once, right after this optimizer step
-FAULT_RANK_ENV = "MTL_RAY_FAULT_RANK"  # which rank (default: the last one)
 # Driver-side defaults Ray Train propagates to its controller and workers (a user's own setting wins):
 RAY_TRAIN_ENV_DEFAULTS = {
     # the controller polls workers every 2 s by default; every report waits for a poll
@@ -178,100 +188,7 @@ def _inject_fault(marker: Path, step: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def param_digest(model: Any) -> str:
-    """sha256 of every parameter's bytes, in name order: equal digests mean bit-identical weights."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 # =========================================================================== driver side
-
-
-def fault_from_env(out: Path, num_workers: int) -> dict[str, Any] | None:
-    """``MTL_RAY_FAULT_AT_STEP=s`` [``MTL_RAY_FAULT_RANK=r``]: kill rank r once after step s; the marker
-    file in ``out`` makes the restarted attempt run through."""
-    raw = os.environ.get(FAULT_STEP_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        step = int(raw)
-        rank = int(os.environ.get(FAULT_RANK_ENV, str(num_workers - 1)))
-    except ValueError:
-        raise ConfigError(f"{FAULT_STEP_ENV} / {FAULT_RANK_ENV}: expected integers, got {raw!r}") from None
-    if step < 1 or not 0 <= rank < num_workers:
-        raise ConfigError(f"{FAULT_STEP_ENV}={step} / {FAULT_RANK_ENV}={rank}: need step >= 1 and 0 <= rank < workers")
-    return {"step": step, "rank": rank, "marker": str(out / f".fault-injected-step-{step}-rank-{rank}")}
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def absolute_paths(cfg: Config) -> Config:
-    """The config with local paths made absolute (workers may start in another directory)."""
-    d = config_to_dict(cfg)
-    d["train"]["output_dir"] = str(Path(cfg.train.output_dir).expanduser().resolve())
-    d["data"]["cache_dir"] = str(cfg.data.resolved_cache_dir())
-    for task in d["tasks"].values():
-        src = task["source"]
-        if not src.startswith("builtin:") and not _is_uri(src) and Path(src).expanduser().exists():
-            task["source"] = str(Path(src).expanduser().resolve())
-    enc = d["model"]["encoder"]
-    if not enc.startswith("builtin:") and Path(enc).expanduser().exists():
-        d["model"]["encoder"] = str(Path(enc).expanduser().resolve())
-    return config_from_dict(d)
-
-
-def storage_location(cfg: Config, storage_path: str | None) -> str:
-    """Ray Train storage: a URI as given, a local path made absolute (Ray needs that)."""
-    path = storage_path or cfg.ray.storage_path or str(Path(cfg.train.output_dir) / "ray")
-    return path if _is_uri(path) else str(Path(path).expanduser().resolve())
-
-
-def precheck_resume(path: str, cfg: Config) -> None:
-    """Cheap driver-side check of a ``--resume`` checkpoint (task names, encoder, sharing depth) so a
-    mismatch fails before any worker starts; workers repeat the full check."""
-    if _is_uri(path):
-        return
-    from mtl_ray.checkpoint import load_meta
-
-    meta = load_meta(path)
-    saved_tasks = sorted(meta.get("specs", {}))
-    if saved_tasks != sorted(cfg.tasks):
-        raise CheckpointError(f"{path}: trained tasks {saved_tasks}, this config has {sorted(cfg.tasks)}")
-    saved_model = meta.get("config", {}).get("model", {})
-    for key in ("encoder", "sharing_depth"):
-        if saved_model.get(key) != getattr(cfg.model, key):
-            raise CheckpointError(
-                f"{path}: model.{key} is {saved_model.get(key)!r} in the checkpoint, {getattr(cfg.model, key)!r} here"
-            )
-
-
-def prepare_assets(cfg: Config) -> None:
-    """Fetch / build the built-in corpora and encoder once on the driver (idempotent), so workers on
-    this node find them ready instead of racing to build them."""
-    builtin = sorted({t.source.split(":", 1)[1] for t in cfg.tasks.values() if t.source.startswith("builtin:")})
-    if builtin:
-        from mtl_ray.data.prepare import prepare_builtin
-
-        prepare_builtin(builtin, cfg.data, progress=False)
-    if cfg.model.encoder.startswith("builtin:"):
-        from mtl_ray.data.assets import encoder_dir
-
-        encoder_dir(cfg.data.resolved_cache_dir(), progress=False)
-
-
-def check_task_data(cfg: Config, skip: set[str]) -> None:
-    """Read every in-memory task once on the driver, so a missing file or column fails here in
-    seconds (a worker would fail the same way ``ray.max_failures`` + 1 times). Every worker holds
-    these tasks in memory anyway; streamed tasks (``skip``) are checked by their own planning."""
-    from mtl_ray.data.sources import load_task_splits
-
-    for name in sorted(set(cfg.tasks) - skip):
-        load_task_splits(cfg.tasks[name], cfg.data)
 
 
 def _user_error(exc: BaseException) -> MtlRayError | None:
@@ -311,7 +228,7 @@ def run_ray_training(
     out = Path(cfg.train.output_dir)
     storage = storage_location(cfg, storage_path)
     if resume_from is not None:
-        resume_from = resume_from if _is_uri(resume_from) else str(Path(resume_from).expanduser().resolve())
+        resume_from = resume_from if is_uri(resume_from) else str(Path(resume_from).expanduser().resolve())
         precheck_resume(resume_from, cfg)
     per_worker = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
@@ -376,15 +293,6 @@ def _plan_streaming(cfg: Config) -> dict[str, Any]:
         flush=True,
     )
     return streamed
-
-
-def tokenizer_location(cfg: Config) -> str:
-    """Where Ray Data tasks load the tokenizer from: the extracted built-in, a folder, or a hub name."""
-    if cfg.model.encoder.startswith("builtin:"):
-        from mtl_ray.data.assets import encoder_dir
-
-        return str(encoder_dir(cfg.data.resolved_cache_dir(), progress=False))
-    return cfg.model.encoder
 
 
 def apply_env_defaults() -> None:

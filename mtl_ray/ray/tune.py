@@ -8,9 +8,9 @@ instead builds its own ``TorchTrainer`` around ``mtl_ray.ray.train.train_loop_pe
 Tune through ``TuneReportCallback`` (Ray 2.60 / Train V2 cannot tune a ``TorchTrainer`` directly).
 
 The trial list (single-task baselines, the default config, then the search) is drawn in plain Python
-(``mtl_ray.tuning.space``) before Ray starts and handed to Tune as one grid axis, so trials run in that
+(``mtl_ray.tuning.trials``, checked by ``mtl_ray.tuning.experiment.plan``) before Ray starts and handed to Tune as one grid axis, so trials run in that
 order and a resumed experiment runs the same trials. With ``tune.search_alg: optuna`` the search is
-adaptive and cannot be pre-drawn: :class:`FixedThenSearch` hands Tune the same fixed trials first, then
+adaptive and cannot be pre-drawn: :class:`~mtl_ray.ray.searcher.FixedThenSearch` hands Tune the same fixed trials first, then
 ``num_samples`` trials suggested by Ray Tune's ``OptunaSearch`` (TPE, seeded by ``tune.seed``) over
 Tune distributions built from the space (:func:`tune_search_space`). It is one Tune experiment either
 way: one trial function, one scheduler, one result grid, and ``Tuner.restore`` restores the searcher
@@ -22,22 +22,29 @@ get the full budget (``TUNE_DISABLE_STRICT_METRIC_CHECKING`` lets them omit the 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.search import Searcher
 
 from mtl_ray.config import Config, config_from_dict, config_to_dict
-from mtl_ray.errors import ConfigError, MtlRayError
-from mtl_ray.tuning.report import SINGLE_PREFIX, build_rows, markdown_table
-from mtl_ray.tuning.space import ParamSpec, params_to_overrides, parse_space, require_optuna, search_params
-from mtl_ray.tuning.trials import TrialSpec, apply_trial, build_trials
+from mtl_ray.errors import MtlRayError
+from mtl_ray.ray.searcher import optuna_search, quiet_optuna
+from mtl_ray.tuning.experiment import (
+    check_depths,
+    experiment_paths,
+    num_encoder_layers,
+    plan,
+    read_setup,
+    write_outputs,
+    write_setup,
+)
+from mtl_ray.tuning.report import SINGLE_PREFIX
+from mtl_ray.tuning.space import require_optuna
+from mtl_ray.tuning.trials import TrialSpec, apply_trial
 
-SETUP_FILE = "mtl_tune_setup.json"  # base config + trial list: what `--resume` rebuilds the trainable from
 TUNE_ENV_DEFAULTS = {
     # single-task baselines leave out val/aggregate on purpose (ASHA must not rank them)
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
@@ -143,166 +150,11 @@ class _PrefixedTuneReportCallback(TuneReportCallback):
 # =========================================================================== adaptive search (optuna)
 
 
-def tune_search_space(specs: list[ParamSpec], tasks: list[str]) -> dict[str, Any]:
-    """The space's flat parameters (:func:`~mtl_ray.tuning.space.search_params`) as Tune distributions:
-    choice -> ``tune.choice``, uniform -> ``tune.uniform``, loguniform -> ``tune.loguniform``, randint
-    ``[low, high]`` (both ends included) -> ``tune.randint(low, high + 1)`` (Tune excludes the upper end)."""
-    from ray import tune
-
-    out: dict[str, Any] = {}
-    for name, param in search_params(specs, tasks).items():
-        if param.kind == "choice":
-            out[name] = tune.choice(list(param.values))
-        elif param.kind == "uniform":
-            out[name] = tune.uniform(*param.values)
-        elif param.kind == "loguniform":
-            out[name] = tune.loguniform(*param.values)
-        elif param.kind == "randint":
-            low, high = param.values
-            out[name] = tune.randint(low, high + 1)
-        else:  # search_params leaves no other kind
-            raise AssertionError(param.kind)
-    return out
-
-
-class FixedThenSearch(Searcher):
-    """Tune searcher: first the pre-drawn fixed trials (baselines, the default config) in list order,
-    then whatever ``searcher`` (an ``OptunaSearch``) suggests, each suggestion turned into a
-    ``search-NNN`` :class:`TrialSpec` whose overrides are :func:`params_to_overrides` of it (the raw
-    suggestion stays in the trial config under ``search``). Results of fixed trials never reach the
-    inner searcher: baselines score another metric and the default is not a point of the space.
-
-    Tune saves this wrapper's counters with ``get_state`` and the inner searcher (Optuna's study) with
-    its own ``save``; ``Tuner.restore`` brings both back, so a resumed search continues the numbering
-    and the study."""
-
-    def __init__(
-        self,
-        searcher: Searcher,
-        fixed: list[dict[str, Any]],
-        search_space: dict[str, Any],
-        tasks: list[str],
-        metric: str,
-        mode: str = "max",
-    ) -> None:
-        super().__init__(metric=metric, mode=mode)
-        self.searcher = searcher  # the attribute name Tune's save / restore walk wrappers by
-        self._fixed = list(fixed)
-        self._space = dict(search_space)
-        self._tasks = list(tasks)
-        self._handed = 0  # suggestions handed out, fixed ones included
-        self._fixed_ids: set[str] = set()  # Tune trial ids of the fixed trials
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self._handed < len(self._fixed):
-            spec = self._fixed[self._handed]
-            self._handed += 1
-            self._fixed_ids.add(trial_id)
-            return {"trial": dict(spec)}
-        params = self.searcher.suggest(trial_id)
-        if params is None or params == Searcher.FINISHED:
-            return params
-        n = self._handed - len(self._fixed)
-        self._handed += 1
-        overrides = params_to_overrides(parse_space(self._space), self._tasks, params)
-        return {"trial": TrialSpec(f"search-{n:03d}", "search", overrides).to_dict(), "search": dict(params)}
-
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id not in self._fixed_ids:
-            self.searcher.on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id not in self._fixed_ids:
-            self.searcher.on_trial_complete(trial_id, result=result, error=error)
-
-    def get_state(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "searcher"}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def save(self, checkpoint_path: str) -> None:
-        self.searcher.save(checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        self.searcher.restore(checkpoint_path)
-
-
-def _quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per created study / trial
-
-
-def optuna_search(tune_cfg: Any, base: dict[str, Any], fixed: list[TrialSpec], concurrency: int) -> Any:
-    """``ConcurrencyLimiter(FixedThenSearch(OptunaSearch(TPE, seed=tune.seed)))`` over the space."""
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    _quiet_optuna()
-    tasks = sorted(base["tasks"])
-    space = OptunaSearch.convert_search_space(tune_search_space(parse_space(tune_cfg.search_space), tasks))
-    inner = OptunaSearch(space=space, metric=tune_cfg.metric, mode="max", seed=tune_cfg.seed)
-    searcher = FixedThenSearch(inner, [t.to_dict() for t in fixed], tune_cfg.search_space, tasks, tune_cfg.metric)
-    return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
-
-
 # =========================================================================== driver side
 
 
 def _trial_name(trial: Any) -> str:
     return str(trial.config["trial"]["trial_id"])
-
-
-def experiment_paths(cfg: Config) -> tuple[str, Path]:
-    """(Tune storage path, local outputs dir). Storage: ``tune.storage_path`` (absolute path or URI),
-    else ``train.output_dir``; the experiment lives at ``<storage>/<tune.name>``. Outputs (tables, plots,
-    best config) go to that directory when it is local, else to ``<train.output_dir>/<tune.name>``."""
-    raw = cfg.tune.storage_path or cfg.train.output_dir
-    if "://" in raw:
-        return raw, Path(cfg.train.output_dir).expanduser().resolve() / cfg.tune.name
-    storage = Path(raw).expanduser().resolve()
-    return str(storage), storage / cfg.tune.name
-
-
-def num_encoder_layers(cfg: Config) -> int:
-    """L of the encoder (read from its config.json; no weights loaded)."""
-    from transformers import AutoConfig
-
-    from mtl_ray.ray.train import tokenizer_location
-
-    return int(AutoConfig.from_pretrained(tokenizer_location(cfg)).num_hidden_layers)
-
-
-def supervised_tasks(cfg: Config) -> list[str]:
-    from mtl_ray.tasks import get_task_type
-
-    return sorted(t for t, tc in cfg.tasks.items() if get_task_type(tc.type).supervised)
-
-
-def plan(cfg: Config) -> tuple[dict[str, Any], list[TrialSpec]]:
-    """Driver-side checks that need no Ray: the base config dict (absolute paths, outputs under the
-    experiment dir) and the trial list. Raises ConfigError for a bad space before anything starts."""
-    from mtl_ray.ray.train import absolute_paths
-
-    cfg = absolute_paths(cfg)
-    base = config_to_dict(cfg)
-    trials = build_trials(base, cfg.tune, supervised_tasks(cfg))
-    return base, trials
-
-
-def _check_depths(trials: list[TrialSpec], base: dict[str, Any], num_layers: int) -> None:
-    """Every sharing depth a trial can take lies in [0, L]: the listed trials' and, for an adaptive
-    search whose trials are not drawn yet, every option / both ends of the space's spec."""
-    depths = [trial.overrides.get("model.sharing_depth", base["model"].get("sharing_depth")) for trial in trials]
-    for spec in parse_space((base.get("tune") or {}).get("search_space") or {}):
-        if spec.key == "model.sharing_depth" and spec.kind in ("choice", "randint", "uniform"):
-            depths += list(spec.values)
-    for k in depths:
-        if k is not None and not 0 <= int(k) <= num_layers:
-            raise ConfigError(
-                f"tune.search_space.model.sharing_depth: {k} is outside [0, {num_layers}] for this encoder"
-            )
 
 
 def _scheduler(cfg: Config) -> Any:
@@ -360,11 +212,11 @@ def run_tune(
     from ray import tune
 
     from mtl_ray.ray.session import ray_session, resolve_address
-    from mtl_ray.ray.train import check_task_data, prepare_assets
+    from mtl_ray.training.driver import check_task_data, prepare_assets
     from mtl_ray.tuning.resources import concurrent_trials
 
     if resume is not None:
-        setup = _read_setup(Path(resume))
+        setup = read_setup(Path(resume))
         base, trials = setup["base"], [TrialSpec.from_dict(t) for t in setup["trials"]]
         cfg = config_from_dict(base)
         if cfg.tune.search_alg == "optuna":
@@ -386,10 +238,10 @@ def run_tune(
         prepare_assets(cfg)
         if num_layers is None:
             num_layers = num_encoder_layers(cfg)
-        _check_depths(trials, base, num_layers)
+        check_depths(trials, base, num_layers)
         check_task_data(cfg, skip=set())
         out.mkdir(parents=True, exist_ok=True)
-        _write_setup(out, base, trials, storage, num_layers)
+        write_setup(out, base, trials, storage, num_layers)
         trainable = _trainable(base, base["tune"], out / "trials")
         experiment = f"{storage.rstrip('/')}/{cfg.tune.name}"
         adaptive = cfg.tune.search_alg == "optuna"
@@ -402,7 +254,7 @@ def run_tune(
         started = time.time()
         if resume is not None:
             if adaptive:
-                _quiet_optuna()
+                quiet_optuna()
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             if adaptive:  # fixed trials, then num_samples suggestions (the limiter caps concurrency)
@@ -439,18 +291,6 @@ def run_tune(
     return summary
 
 
-def _write_setup(out: Path, base: dict[str, Any], trials: list[TrialSpec], storage: str, num_layers: int) -> None:
-    setup = {"base": base, "trials": [t.to_dict() for t in trials], "storage": storage, "num_layers": num_layers}
-    (out / SETUP_FILE).write_text(json.dumps(setup, indent=2), encoding="utf-8")
-
-
-def _read_setup(path: Path) -> dict[str, Any]:
-    file = path / SETUP_FILE
-    if not file.is_file():
-        raise MtlRayError(f"--resume {path}: not a tune experiment directory (no {SETUP_FILE})")
-    return json.loads(file.read_text(encoding="utf-8"))
-
-
 def _records(grid: Any, base: dict[str, Any], max_steps: int, num_layers: int) -> list[dict[str, Any]]:
     """Plain per-trial records (see ``mtl_ray.tuning.report``) from Tune's ResultGrid."""
     records = []
@@ -477,71 +317,4 @@ def _records(grid: Any, base: dict[str, Any], max_steps: int, num_layers: int) -
     return sorted(records, key=lambda r: order[r["trial"]["trial_id"]])
 
 
-def write_outputs(records: list[dict[str, Any]], out: Path, experiment: str) -> dict[str, Any]:
-    """results.csv, results.md, best_config.yaml, plots and the summary dict."""
-    from mtl_ray.tuning.plots import plot_search
-    from mtl_ray.tuning.report import best_row, export_best_config, write_csv
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "trials.json").write_text(json.dumps(records, indent=2, default=str), encoding="utf-8")
-    rows = build_rows(records)
-    write_csv(rows, out / "results.csv")
-    (out / "results.md").write_text(markdown_table(rows) + "\n", encoding="utf-8")
-    best = best_row(rows)
-    best_yaml = None
-    if best is not None:
-        record = next(r for r in records if r["trial"]["trial_id"] == best["trial"])
-        export = dict(record["config"])
-        export["train"] = {**export["train"], "output_dir": str(out / "best_run")}
-        best_yaml = export_best_config({**record, "config": export}, out / "best_config.yaml")
-    plots = plot_search(rows, out)
-    default = next((r for r in rows if r["kind"] == "default"), None)
-    return {
-        "experiment": experiment,
-        "output_dir": str(out),
-        "rows": rows,
-        "best_trial": best["trial"] if best else None,
-        "best_aggregate": best["aggregate"] if best else None,
-        "best_delta_m_pct": best["delta_m_pct"] if best else None,
-        "default_aggregate": default["aggregate"] if default else None,
-        "best_checkpoint": best["checkpoint"] if best else None,
-        "best_config": str(best_yaml) if best_yaml else None,
-        "plots": [str(p) for p in plots],
-        "num_stopped_early": sum(1 for r in rows if r["stopped_early"]),
-        "total_trial_steps": sum(r["steps"] for r in rows),
-    }
-
-
-def format_summary(summary: dict[str, Any], top: int = 5) -> str:
-    """The top-``top`` table (multi-task trials, then the baselines) and where the outputs are."""
-    rows = summary["rows"]
-    mtl = [r for r in rows if r["kind"] != "single"]
-    single = [r for r in rows if r["kind"] == "single"]
-    lines = [f"\nTop {min(top, len(mtl))} of {len(mtl)} multi-task trials (validation; Δm% vs the single-task rows):"]
-    lines.append(markdown_table(mtl[:top] + single, paths=False))
-    best = summary.get("best_aggregate")
-    if best is not None and not math.isnan(best):
-        lines.append(
-            f"\nbest: {summary['best_trial']} aggregate={best:.4f}"
-            + (f" (default config: {summary['default_aggregate']:.4f})" if summary.get("default_aggregate") else "")
-        )
-    lines.append(
-        f"stopped early by ASHA: {summary['num_stopped_early']}; trial-steps spent: {summary['total_trial_steps']}"
-    )
-    lines.append(f"best checkpoint: {summary.get('best_checkpoint')}")
-    lines.append(f"best config:     {summary.get('best_config')}")
-    lines.append(f"results:         {summary['output_dir']}/results.md (and .csv, plots *.png)")
-    return "\n".join(lines)
-
-
-__all__ = [
-    "tune_trial",
-    "run_tune",
-    "plan",
-    "format_summary",
-    "write_outputs",
-    "experiment_paths",
-    "tune_search_space",
-    "FixedThenSearch",
-    "optuna_search",
-]
+__all__ = ["tune_trial", "run_tune"]

@@ -23,9 +23,10 @@ from helpers import tiny_config_dict
 from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.config import config_from_dict, config_to_dict
 from mtl_ray.errors import CheckpointError, MtlRayError
-from mtl_ray.ray.train import FAULT_STEP_ENV, run_ray_training
+from mtl_ray.ray.train import run_ray_training
 from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.checkpointing import model_from_checkpoint
+from mtl_ray.training.driver import FAULT_STEP_ENV
 from mtl_ray.training.evaluation import evaluate_model
 from mtl_ray.training.run import setup_run
 

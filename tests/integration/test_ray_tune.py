@@ -234,7 +234,8 @@ def test_optuna_search_finishes_with_every_trial_and_delta_m(optuna_search_resul
 def test_optuna_suggestions_are_seeded(optuna_search_result):
     """TPE's start-up trials are drawn by its seeded sampler: a fresh searcher with tune.seed suggests
     exactly the parameters the search trained (the fixed trials come first, in list order)."""
-    from mtl_ray.ray.tune import optuna_search, plan
+    from mtl_ray.ray.searcher import optuna_search
+    from mtl_ray.tuning.experiment import plan
 
     cfg, summary, _ = optuna_search_result
     base, fixed = plan(cfg)

@@ -60,7 +60,7 @@ def test_tune_distributions_match_the_specs():
     pytest.importorskip("ray")
     from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Uniform
 
-    from mtl_ray.ray.tune import tune_search_space
+    from mtl_ray.ray.searcher import tune_search_space
 
     space = tune_search_space(parse_space(SPACE), TASKS)
     lr, k, temp, steps = (space[n] for n in ("train.lr", "model.sharing_depth", "train.temperature", "train.max_steps"))
@@ -79,7 +79,7 @@ def test_optuna_sees_randint_with_both_ends_included():
     pytest.importorskip("optuna")
     from ray.tune.search.optuna import OptunaSearch
 
-    from mtl_ray.ray.tune import tune_search_space
+    from mtl_ray.ray.searcher import tune_search_space
 
     dists = OptunaSearch.convert_search_space(tune_search_space(parse_space(SPACE), TASKS))
     assert (dists["train.max_steps"].low, dists["train.max_steps"].high) == (2, 4)
@@ -174,7 +174,7 @@ def test_unknown_search_alg_lists_optuna():
 
 
 def _searcher(seed: int = 0, concurrency: int = 10):
-    from mtl_ray.ray.tune import optuna_search
+    from mtl_ray.ray.searcher import optuna_search
 
     cfg = TuneConfig(search_space=SPACE, search_alg="optuna", seed=seed, num_samples=4)
     fixed = build_trials(BASE, cfg, TASKS)
@@ -234,12 +234,12 @@ def test_concurrency_limiter_caps_live_trials():
 def test_every_sharing_depth_option_is_checked_against_the_encoder():
     """An adaptive search has no drawn trials to check: every option / range end of the spec is."""
     pytest.importorskip("ray")
-    from mtl_ray.ray.tune import _check_depths
+    from mtl_ray.tuning.experiment import check_depths
 
     base = {**BASE, "tune": {"search_space": {"model.sharing_depth": {"choice": [0, 9]}}}}
     with pytest.raises(ConfigError, match=r"sharing_depth: 9 is outside \[0, 4\]"):
-        _check_depths([], base, 4)
+        check_depths([], base, 4)
     base["tune"]["search_space"]["model.sharing_depth"] = {"randint": [0, 4]}
-    _check_depths([], base, 4)
+    check_depths([], base, 4)
     with pytest.raises(ConfigError, match=r"sharing_depth: 4 is outside \[0, 3\]"):
-        _check_depths([], base, 3)
+        check_depths([], base, 3)
