@@ -4,6 +4,10 @@ chunk, fan out to the requested heads concurrently, merge.
 A :class:`Backend` is whatever computes: Serve deployment handles in production
 (:mod:`mtl_ray.ray.serve.deployments`), in-process :mod:`~mtl_ray.serving.parts` in unit tests. Every
 problem with a request is an :class:`ApiError` with an HTTP status and a message naming the field.
+
+Imports no torch (the ingress replica runs without it): the tokenizer is a
+:class:`~mtl_ray.serving.text_tokenizer.CheckpointTokenizer`, tasks are
+:class:`~mtl_ray.serving.served_task.ServedTask` (or anything with the same attributes).
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mtl_ray.serving.config import LimitsConfig
-from mtl_ray.serving.parts import Encoded, TokenBatch, tokenize
-from mtl_ray.tasks.base import TaskSpec
+from mtl_ray.serving.wire import Encoded, TokenBatch
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,23 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
+
+
+class TaskLike(Protocol):
+    """What the gateway reads of a task (:class:`~mtl_ray.serving.served_task.ServedTask`, ``TaskSpec``)."""
+
+    @property
+    def is_pair(self) -> bool: ...
+
+    @property
+    def supervised(self) -> bool: ...
+
+    @property
+    def max_length(self) -> int: ...
+
+
+class Tokenizer(Protocol):
+    def tokenize(self, inputs: Sequence[Any], is_pair: bool, max_length: int) -> tuple[TokenBatch, list[bool]]: ...
 
 
 class Backend(Protocol):
@@ -68,8 +88,8 @@ class Gateway:
 
     def __init__(
         self,
-        specs: Mapping[str, TaskSpec],
-        tokenizer: Any,
+        specs: Mapping[str, TaskLike],
+        tokenizer: Tokenizer,
         backend: Backend,
         limits: LimitsConfig | None = None,
         *,
@@ -92,7 +112,7 @@ class Gateway:
         if self.on_request is not None:
             self.on_request()
 
-    def add_task(self, name: str, spec: TaskSpec) -> None:
+    def add_task(self, name: str, spec: TaskLike) -> None:
         """Serve ``name`` from now on (its head must already answer through the backend)."""
         self.specs[name] = spec
 
@@ -232,7 +252,7 @@ class Gateway:
         max_length = max(self.specs[t].max_length for t in names)
         batches, truncated = [], []
         for start in range(0, len(inputs), self.max_batch_size):
-            batch, cut = tokenize(self.tokenizer, inputs[start : start + self.max_batch_size], req.is_pair, max_length)
+            batch, cut = self.tokenizer.tokenize(inputs[start : start + self.max_batch_size], req.is_pair, max_length)
             batches.append(batch)
             truncated += [start + i for i, c in enumerate(cut) if c]
         field = "pairs" if req.is_pair else "texts"
@@ -298,7 +318,7 @@ class LocalBackend:
 
     def __init__(self, encoder: Any, heads: Mapping[str, Any]):
         self.encoder = encoder  # EncoderPart
-        self.heads = dict(heads)  # task -> HeadPart
+        self.heads = dict(heads)  # task -> LeanHead | HeadPart
 
     async def encode(self, batch: TokenBatch) -> Encoded:
         return self.encoder.encode([batch])[0]
@@ -307,4 +327,5 @@ class LocalBackend:
         return self.heads[task].predict(encoded)
 
     async def spec(self, task: str) -> dict[str, Any]:
-        return self.heads[task].spec.to_dict()
+        head = self.heads[task]  # LeanHead (.task, a ServedTask) or HeadPart (.spec, a TaskSpec)
+        return head.task.to_dict() if hasattr(head, "task") else head.spec.to_dict()
