@@ -158,6 +158,10 @@ class Gateway:
             raise ApiError(
                 400, f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
             ) from None
+        except RecursionError:  # [[[[... thousands deep: the parser's recursion limit, not a server fault
+            raise ApiError(400, "request body is nested too deeply to parse; a request is one flat object") from None
+        except ValueError as exc:  # e.g. an integer of more than sys.get_int_max_str_digits() digits
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         return self.validate(data)
 
     def validate(self, data: Any) -> ParsedRequest:
@@ -204,6 +208,12 @@ class Gateway:
             raise ApiError(422, f"{where}: expected a string, got {_type_name(text)}")
         if not text.strip():
             raise ApiError(422, f"{where}: empty text")
+        try:  # JSON may escape a lone surrogate (\ud800): valid JSON, not text any tokenizer can read
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(
+                422, f"{where}: holds an unpaired UTF-16 surrogate ({text[exc.start]!r} at character {exc.start})"
+            ) from None
 
     def _check_pair(self, i: int, pair: Any) -> list[str]:
         if not isinstance(pair, list):
