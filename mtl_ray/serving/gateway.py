@@ -17,7 +17,7 @@ import hmac
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mtl_ray.serving.config import LimitsConfig
@@ -56,11 +56,28 @@ class Tokenizer(Protocol):
 
 
 class Backend(Protocol):
-    async def encode(self, batch: TokenBatch) -> Encoded: ...
+    """What computes. The encoder's result goes to the heads in one hop: ``submit_encode`` starts the
+    encoder call and returns its *pending* result (a Serve ``DeploymentResponse``), which each head call
+    takes as is; the ingress never holds the arrays. ``resolve`` reads a pending result, only to tell a
+    dead encoder from a dead head after a failed head call."""
 
-    async def predict(self, task: str, encoded: Encoded) -> list[dict[str, Any]]: ...
+    def submit_encode(self, batch: TokenBatch) -> Any: ...
+
+    async def resolve(self, pending: Any) -> Encoded: ...
+
+    async def predict(self, task: str, pending: Any) -> list[dict[str, Any]]: ...
 
     async def spec(self, task: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Chunk:
+    """One encoder call and its retries, shared by the head calls reading it."""
+
+    batch: TokenBatch
+    pending: Any
+    attempt: int = 0  # encoder attempts so far beyond the first
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -282,14 +299,47 @@ class Gateway:
         self.request_started()
         names = self.resolve_tasks(req.is_pair, req.tasks)
         batches, warnings = await asyncio.to_thread(self.prepare, req, names)
-        encoded = await asyncio.gather(*(self._call("the encoder", self.backend.encode, b) for b in batches))
-        per_task = await asyncio.gather(
-            *(self._call(f"task {t!r}", self.backend.predict, t, e) for t in names for e in encoded)
-        )
+        chunks = [_Chunk(b, self.backend.submit_encode(b)) for b in batches]
+        per_task = await asyncio.gather(*(self._predict(t, c) for t in names for c in chunks))
         predictions: dict[str, list[dict[str, Any]]] = {t: [] for t in names}
         for k, result in enumerate(per_task):  # task-major order, as gathered
-            predictions[names[k // len(encoded)]].extend(result)
+            predictions[names[k // len(chunks)]].extend(result)
         return {"predictions": predictions, "warnings": warnings}
+
+    async def _predict(self, task: str, chunk: _Chunk) -> list[dict[str, Any]]:
+        """One head call on one chunk's pending encoder result. A replica that died mid-call gets
+        ``retries`` more attempts: the head's, or, when the encoder died (its result fails to read), the
+        encoder's, re-submitted once for all heads of the chunk. Then 503 naming which one."""
+        head_attempt = 0
+        while True:
+            pending = chunk.pending
+            try:
+                return await self.backend.predict(task, pending)
+            except self.retryable as exc:
+                async with chunk.lock:
+                    if chunk.pending is pending and await self._encoder_died(pending):
+                        if chunk.attempt == self.retries:
+                            logger.warning("the encoder unavailable after %d attempts: %r", chunk.attempt + 1, exc)
+                            raise ApiError(503, "the encoder is temporarily unavailable; retry shortly") from None
+                        chunk.attempt += 1
+                        logger.info("the encoder failed (%s); retrying", type(exc).__name__)
+                        await asyncio.sleep(0.05 * chunk.attempt)
+                        chunk.pending = self.backend.submit_encode(chunk.batch)
+                        continue
+                if chunk.pending is pending:  # the head died, not the encoder
+                    if head_attempt == self.retries:
+                        logger.warning("task %r unavailable after %d attempts: %r", task, head_attempt + 1, exc)
+                        raise ApiError(503, f"task {task!r} is temporarily unavailable; retry shortly") from None
+                    head_attempt += 1
+                    logger.info("task %r failed (%s); retrying", task, type(exc).__name__)
+                    await asyncio.sleep(0.05 * head_attempt)
+
+    async def _encoder_died(self, pending: Any) -> bool:
+        try:
+            await self.backend.resolve(pending)
+        except self.retryable:
+            return True
+        return False
 
     async def task_list(self) -> dict[str, Any]:
         """The served tasks; labels come from the heads (a replaced head may have new class names)."""
@@ -330,11 +380,20 @@ class LocalBackend:
         self.encoder = encoder  # EncoderPart
         self.heads = dict(heads)  # task -> LeanHead | HeadPart
 
+        self.resolved = 0  # encoder results read by the gateway itself (only to diagnose a failure)
+
     async def encode(self, batch: TokenBatch) -> Encoded:
         return self.encoder.encode([batch])[0]
 
-    async def predict(self, task: str, encoded: Encoded) -> list[dict[str, Any]]:
-        return self.heads[task].predict(encoded)
+    def submit_encode(self, batch: TokenBatch) -> asyncio.Task:
+        return asyncio.ensure_future(self.encode(batch))
+
+    async def resolve(self, pending: asyncio.Task) -> Encoded:
+        self.resolved += 1
+        return await pending
+
+    async def predict(self, task: str, pending: asyncio.Task) -> list[dict[str, Any]]:
+        return self.heads[task].predict(await pending)
 
     async def spec(self, task: str) -> dict[str, Any]:
         head = self.heads[task]  # LeanHead (.task, a ServedTask) or HeadPart (.spec, a TaskSpec)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from mtl_ray.serving.checkpoint_info import read_checkpoint_info
 from mtl_ray.serving.config import AuthConfig, LimitsConfig, read_api_key, torch_threads_for
@@ -213,12 +213,19 @@ class HandleBackend:
     def __init__(self, encoder: DeploymentHandle, heads: dict[str, DeploymentHandle]):
         self.encoder = encoder
         self.heads = heads
+        self.resolved = 0  # encoder results this ingress read itself (only after a failed head call)
 
-    async def encode(self, batch: TokenBatch) -> Encoded:
-        return await self.encoder.encode.remote(batch)
+    def submit_encode(self, batch: TokenBatch) -> DeploymentResponse:
+        return self.encoder.encode.remote(batch)
 
-    async def predict(self, task: str, encoded: Encoded) -> list[dict[str, Any]]:
-        return await self.heads[task].predict.remote(encoded)
+    async def resolve(self, pending: DeploymentResponse) -> Encoded:
+        self.resolved += 1
+        return await pending
+
+    async def predict(self, task: str, pending: DeploymentResponse) -> list[dict[str, Any]]:
+        # One hop: Serve hands the head the encoder's result by object reference; the head reads the
+        # arrays straight from the object store and this ingress never holds them.
+        return await self.heads[task].predict.remote(pending)
 
     async def spec(self, task: str) -> dict[str, Any]:
         return await self.heads[task].spec.remote()
@@ -322,4 +329,5 @@ class IngressDeployment:
             attaching={t: ("done" if a.done() else "running") for t, a in self._attaching.items()},
             pending=sorted(self._pending),
             auth=self.gateway.api_key is not None,
+            encoder_results_read=self.gateway.backend.resolved,  # 0 unless a head call failed: one hop
         )
