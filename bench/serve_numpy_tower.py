@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
-
-import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread for both arms (torch.set_num_threads(1) below)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -129,7 +128,9 @@ def main() -> None:
         print(f"{t:>4}{med['torch']:>10.1f}{med['numpy']:>10.1f}{float(np.abs(got - ref).max()):>12.2e}")
     np_mem, torch_mem = process_memory(NUMPY_PROC), process_memory(TORCH_PROC)
     print(f"process with numpy + scipy.special + weights: RSS {np_mem['rss']:.0f} / PSS {np_mem['pss']:.0f} MiB")
-    print(f"process with torch + transformers + 2 BertLayers: RSS {torch_mem['rss']:.0f} / PSS {torch_mem['pss']:.0f} MiB")
+    print(
+        f"process with torch + transformers + 2 BertLayers: RSS {torch_mem['rss']:.0f} / PSS {torch_mem['pss']:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":
