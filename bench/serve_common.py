@@ -147,6 +147,18 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def memory_mib(pid: int) -> dict[str, float]:
+    """RSS and PSS of a process in MiB, from /proc/<pid>/smaps_rollup. PSS splits each shared page among
+    the processes mapping it, so the PSS of every process of an app adds up to what the app costs."""
+    out = {"rss": float("nan"), "pss": float("nan")}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                out[key.lower()] = int(rest.split()[0]) / 1024
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """user + system CPU time of a process so far (contention-proof: what the work itself cost)."""
     with open(f"/proc/{pid}/stat") as f:

@@ -1,11 +1,14 @@
-"""A head replica killed under load: errors counted, time to recover.
+"""A head or encoder replica killed under load: errors counted, time to recover.
 
     python bench/serve_common.py --out runs/bench-serve/ckpt      # once
     python bench/serve_failover.py --checkpoint runs/bench-serve/ckpt [--clients 16 --duration 60 --head-replicas 1]
+    python bench/serve_failover.py --checkpoint runs/bench-serve/ckpt --kill Encoder --replicas 2
 
 The shared-encoder app (real MiniLM, 4 tasks) takes --clients concurrent clients posting 4 texts
-each (all 4 tasks) to 127.0.0.1 for --duration seconds; at the midpoint one replica of
-Head-rt_sentiment is killed with SIGKILL (a crash, not a graceful stop). Reported: requests, non-200
+each (all 4 tasks) to 127.0.0.1 for --duration seconds; at the midpoint one replica of --kill
+(Head-rt_sentiment by default, or Encoder) is killed with SIGKILL (a crash, not a graceful stop).
+--replicas sets that deployment's replica count (--head-replicas is its old name). Two encoder
+replicas get 1 CPU each (one 2-CPU replica otherwise), so both arms fit the same 4 logical CPUs. Reported: requests, non-200
 answers by status, the error window (first to last failure), the time from the kill until Serve has
 a healthy replica again and until answers are all 200 again. The ingress retries a call whose replica
 died once (head_retries), so with 2 head replicas the survivor absorbs the failure.
@@ -35,7 +38,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--texts-per-request", type=int, default=4)
-    ap.add_argument("--head-replicas", type=int, default=1)
+    ap.add_argument("--replicas", "--head-replicas", type=int, default=1, help="replicas of the killed deployment")
+    ap.add_argument("--kill", default=HEAD, help="deployment whose replica is killed: Head-<task> or Encoder")
     args = ap.parse_args()
 
     import ray
@@ -45,13 +49,17 @@ def main() -> None:
 
     texts = test_texts(1024)
     port = start_local_serve()
-    n = args.head_replicas
+    n = args.replicas
+    target = args.kill
+    fixed = {"min_replicas": n, "max_replicas": n}
+    on_encoder = target == "Encoder"
+    enc_cpus = 2.0 / n if on_encoder else 2.0
     cfg = ServeConfig(
         checkpoint=str(Path(args.checkpoint).absolute()),
-        batching={"max_batch_size": 32, "max_concurrent_batches": 2},
+        batching={"max_batch_size": 32, "max_concurrent_batches": max(1, round(enc_cpus))},
         ingress={"num_cpus": 0.5},
-        encoder={"num_cpus": 2.0},
-        head={"num_cpus": 0.125, "min_replicas": n, "max_replicas": n},
+        encoder={"num_cpus": enc_cpus, **(fixed if on_encoder else {})},
+        head={"num_cpus": 0.125, **({} if on_encoder else fixed)},
     )
     serve.run(build_app(cfg), name="mtl", route_prefix="/")
     url = f"http://127.0.0.1:{port}/v1/predict"
@@ -67,18 +75,18 @@ def main() -> None:
 
     def killer() -> None:
         time.sleep(args.duration / 2)
-        handle = serve.get_deployment_handle(HEAD, app_name="mtl")
+        handle = serve.get_deployment_handle(target, app_name="mtl")
         info = handle.info.remote().result(timeout_s=30)
         kill_at["t"] = time.monotonic()
         os.kill(info["pid"], signal.SIGKILL)
-        print(f"killed {HEAD} replica {info['replica']} (pid {info['pid']})", flush=True)
+        print(f"killed {target} replica {info['replica']} (pid {info['pid']})", flush=True)
         # recovered when a replica that was not killed answers, and the deployment counts n of them
         while time.monotonic() - kill_at["t"] < args.duration:
             try:
                 now = handle.info.remote().result(timeout_s=2)
             except Exception:
                 now = None
-            dep = serve.status().applications["mtl"].deployments[HEAD]
+            dep = serve.status().applications["mtl"].deployments[target]
             if now and now["replica"] != info["replica"] and dep.replica_states.get("RUNNING", 0) >= n:
                 if n == 1 or dep.status == "HEALTHY":
                     healthy_at["t"] = time.monotonic()
@@ -108,7 +116,7 @@ def main() -> None:
     total = len(events)
     print(
         f"\n{args.clients} clients x {args.duration:.0f} s, {k} texts/request (all 4 tasks), "
-        f"{n} replica(s) of {HEAD}; one killed at t = {args.duration / 2:.0f} s"
+        f"{n} replica(s) of {target}; one killed at t = {args.duration / 2:.0f} s"
     )
     print(
         f"requests answered: {total}; non-200: {len(failures)} {res['errors']}; "
@@ -119,7 +127,7 @@ def main() -> None:
     if failures:
         print(f"failed requests between {min(failures) - kill:+.2f} s and {max(failures) - kill:+.2f} s after the kill")
     if "t" in healthy_at:
-        print(f"a new {HEAD} replica answered {healthy_at['t'] - kill:.1f} s after the kill ({n} running)")
+        print(f"a new {target} replica answered {healthy_at['t'] - kill:.1f} s after the kill ({n} running)")
     ends = sorted(t for t, ok, _, _ in events if ok and t >= kill - 1)
     gaps = [(b - a, a) for a, b in zip(ends, ends[1:])]
     stall, stall_start = max(gaps) if gaps else (0.0, kill)

@@ -64,7 +64,10 @@ class SplitBackend:
     def __init__(self, models: dict):
         self.models = models
 
-    async def encode(self, batch):
+    def submit_encode(self, batch):
+        return batch
+
+    async def resolve(self, batch):
         return batch
 
     async def predict(self, task: str, batch) -> list:
@@ -77,15 +80,16 @@ class SplitBackend:
 @serve.deployment(name="SplitIngress")
 @serve.ingress()
 class SplitIngress:
-    def __init__(self, models: dict, checkpoint: str, max_batch_size: int):
-        from transformers import AutoTokenizer
-
+    def __init__(self, models: dict, checkpoint: str, max_batch_size: int, served_tasks: dict):
+        from mtl_ray.serving.checkpoint_info import read_checkpoint_info
         from mtl_ray.serving.gateway import Gateway
-        from mtl_ray.serving.parts import read_checkpoint_info
+        from mtl_ray.serving.served_task import ServedTask
+        from mtl_ray.serving.text_tokenizer import CheckpointTokenizer
 
         info = read_checkpoint_info(checkpoint, verify=False)
-        tokenizer = AutoTokenizer.from_pretrained(str(info.tokenizer_dir))
-        self.gateway = Gateway(info.specs, tokenizer, SplitBackend(models), max_batch_size=max_batch_size)
+        tokenizer = CheckpointTokenizer.from_dir(info.tokenizer_dir)  # the same lean ingress as the shared app
+        tasks = {t: ServedTask.from_dict(d) for t, d in served_tasks.items()}
+        self.gateway = Gateway(tasks, tokenizer, SplitBackend(models), max_batch_size=max_batch_size)
 
     def __serve_build_asgi_app__(self):
         from mtl_ray.serving.http_api import build_http_api
@@ -114,8 +118,10 @@ def shared_app(checkpoint: str, batch: int, wait_s: float):
 
 def split_app(checkpoint: str, batch: int, wait_s: float):
     from mtl_ray.serving.parts import read_checkpoint_info
+    from mtl_ray.serving.served_task import ServedTask
 
-    tasks = sorted(read_checkpoint_info(checkpoint, verify=False).specs)
+    specs = read_checkpoint_info(checkpoint, verify=False).specs
+    tasks = sorted(specs)
     models = {
         t: SingleTaskModel.options(
             name=f"Model-{t}",
@@ -126,7 +132,7 @@ def split_app(checkpoint: str, batch: int, wait_s: float):
         for t in tasks
     }
     return SplitIngress.options(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64).bind(
-        models, checkpoint, batch
+        models, checkpoint, batch, {t: ServedTask.from_spec(s).to_dict() for t, s in specs.items()}
     )
 
 

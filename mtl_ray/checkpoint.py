@@ -33,13 +33,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import safetensors
-import safetensors.torch
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: verifying and meta.json need none of it
+    from torch import Tensor
 
 import mtl_ray
 from mtl_ray.errors import CheckpointError
@@ -85,6 +84,8 @@ def flatten_state(state: Any) -> tuple[Any, dict[str, Tensor]]:
     bool, None or numpy scalars (stored as the matching Python value). The same tensor object
     referenced twice is stored once and comes back as one object.
     """
+    from torch import Tensor
+
     tensors: dict[str, Tensor] = {}
     seen: dict[int, str] = {}
 
@@ -259,6 +260,9 @@ def _write_contents(
     tokenizer: Any,
     extra_files: Mapping[str, bytes],
 ) -> None:
+    import safetensors.torch
+    import torch
+
     safetensors.torch.save_file(_saveable(model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
     _fsync_file(tmp / MODEL_FILE)
     _write_bytes(tmp / META_FILE, _json_bytes(dict(meta), META_FILE))
@@ -405,6 +409,8 @@ def load_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    import safetensors.torch
+
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
     except Exception as exc:  # SafetensorError, OSError: a corrupt file when verify=False

@@ -4,6 +4,10 @@ chunk, fan out to the requested heads concurrently, merge.
 A :class:`Backend` is whatever computes: Serve deployment handles in production
 (:mod:`mtl_ray.ray.serve.deployments`), in-process :mod:`~mtl_ray.serving.parts` in unit tests. Every
 problem with a request is an :class:`ApiError` with an HTTP status and a message naming the field.
+
+Imports no torch (the ingress replica runs without it): the tokenizer is a
+:class:`~mtl_ray.serving.text_tokenizer.CheckpointTokenizer`, tasks are
+:class:`~mtl_ray.serving.served_task.ServedTask` (or anything with the same attributes).
 """
 
 from __future__ import annotations
@@ -13,13 +17,12 @@ import hmac
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mtl_ray.inference.selection import select_tasks
 from mtl_ray.serving.config import LimitsConfig
-from mtl_ray.serving.parts import Encoded, TokenBatch, tokenize
-from mtl_ray.tasks.base import TaskSpec
+from mtl_ray.serving.wire import Encoded, TokenBatch
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +39,46 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-class Backend(Protocol):
-    async def encode(self, batch: TokenBatch) -> Encoded: ...
+class TaskLike(Protocol):
+    """What the gateway reads of a task (:class:`~mtl_ray.serving.served_task.ServedTask`, ``TaskSpec``)."""
 
-    async def predict(self, task: str, encoded: Encoded) -> list[dict[str, Any]]: ...
+    @property
+    def is_pair(self) -> bool: ...
+
+    @property
+    def supervised(self) -> bool: ...
+
+    @property
+    def max_length(self) -> int: ...
+
+
+class Tokenizer(Protocol):
+    def tokenize(self, inputs: Sequence[Any], is_pair: bool, max_length: int) -> tuple[TokenBatch, list[bool]]: ...
+
+
+class Backend(Protocol):
+    """What computes. The encoder's result goes to the heads in one hop: ``submit_encode`` starts the
+    encoder call and returns its *pending* result (a Serve ``DeploymentResponse``), which each head call
+    takes as is; the ingress never holds the arrays. ``resolve`` reads a pending result, only to tell a
+    dead encoder from a dead head after a failed head call."""
+
+    def submit_encode(self, batch: TokenBatch) -> Any: ...
+
+    async def resolve(self, pending: Any) -> Encoded: ...
+
+    async def predict(self, task: str, pending: Any) -> list[dict[str, Any]]: ...
 
     async def spec(self, task: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Chunk:
+    """One encoder call and its retries, shared by the head calls reading it."""
+
+    batch: TokenBatch
+    pending: Any
+    attempt: int = 0  # encoder attempts so far beyond the first
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -69,8 +106,8 @@ class Gateway:
 
     def __init__(
         self,
-        specs: Mapping[str, TaskSpec],
-        tokenizer: Any,
+        specs: Mapping[str, TaskLike],
+        tokenizer: Tokenizer,
         backend: Backend,
         limits: LimitsConfig | None = None,
         *,
@@ -93,7 +130,7 @@ class Gateway:
         if self.on_request is not None:
             self.on_request()
 
-    def add_task(self, name: str, spec: TaskSpec) -> None:
+    def add_task(self, name: str, spec: TaskLike) -> None:
         """Serve ``name`` from now on (its head must already answer through the backend)."""
         self.specs[name] = spec
 
@@ -139,6 +176,10 @@ class Gateway:
             raise ApiError(
                 400, f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
             ) from None
+        except RecursionError:  # [[[[... thousands deep: the parser's recursion limit, not a server fault
+            raise ApiError(400, "request body is nested too deeply to parse; a request is one flat object") from None
+        except ValueError as exc:  # e.g. an integer of more than sys.get_int_max_str_digits() digits
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         return self.validate(data)
 
     def validate(self, data: Any) -> ParsedRequest:
@@ -185,6 +226,12 @@ class Gateway:
             raise ApiError(422, f"{where}: expected a string, got {_type_name(text)}")
         if not text.strip():
             raise ApiError(422, f"{where}: empty text")
+        try:  # JSON may escape a lone surrogate (\ud800): valid JSON, not text any tokenizer can read
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(
+                422, f"{where}: holds an unpaired UTF-16 surrogate ({text[exc.start]!r} at character {exc.start})"
+            ) from None
 
     def _check_pair(self, i: int, pair: Any) -> list[str]:
         if not isinstance(pair, list):
@@ -219,7 +266,7 @@ class Gateway:
         max_length = max(self.specs[t].max_length for t in names)
         batches, truncated = [], []
         for start in range(0, len(inputs), self.max_batch_size):
-            batch, cut = tokenize(self.tokenizer, inputs[start : start + self.max_batch_size], req.is_pair, max_length)
+            batch, cut = self.tokenizer.tokenize(inputs[start : start + self.max_batch_size], req.is_pair, max_length)
             batches.append(batch)
             truncated += [start + i for i, c in enumerate(cut) if c]
         field = "pairs" if req.is_pair else "texts"
@@ -239,14 +286,47 @@ class Gateway:
         self.request_started()
         names = self.resolve_tasks(req.is_pair, req.tasks)
         batches, warnings = await asyncio.to_thread(self.prepare, req, names)
-        encoded = await asyncio.gather(*(self._call("the encoder", self.backend.encode, b) for b in batches))
-        per_task = await asyncio.gather(
-            *(self._call(f"task {t!r}", self.backend.predict, t, e) for t in names for e in encoded)
-        )
+        chunks = [_Chunk(b, self.backend.submit_encode(b)) for b in batches]
+        per_task = await asyncio.gather(*(self._predict(t, c) for t in names for c in chunks))
         predictions: dict[str, list[dict[str, Any]]] = {t: [] for t in names}
         for k, result in enumerate(per_task):  # task-major order, as gathered
-            predictions[names[k // len(encoded)]].extend(result)
+            predictions[names[k // len(chunks)]].extend(result)
         return {"predictions": predictions, "warnings": warnings}
+
+    async def _predict(self, task: str, chunk: _Chunk) -> list[dict[str, Any]]:
+        """One head call on one chunk's pending encoder result. A replica that died mid-call gets
+        ``retries`` more attempts: the head's, or, when the encoder died (its result fails to read), the
+        encoder's, re-submitted once for all heads of the chunk. Then 503 naming which one."""
+        head_attempt = 0
+        while True:
+            pending = chunk.pending
+            try:
+                return await self.backend.predict(task, pending)
+            except self.retryable as exc:
+                async with chunk.lock:
+                    if chunk.pending is pending and await self._encoder_died(pending):
+                        if chunk.attempt == self.retries:
+                            logger.warning("the encoder unavailable after %d attempts: %r", chunk.attempt + 1, exc)
+                            raise ApiError(503, "the encoder is temporarily unavailable; retry shortly") from None
+                        chunk.attempt += 1
+                        logger.info("the encoder failed (%s); retrying", type(exc).__name__)
+                        await asyncio.sleep(0.05 * chunk.attempt)
+                        chunk.pending = self.backend.submit_encode(chunk.batch)
+                        continue
+                if chunk.pending is pending:  # the head died, not the encoder
+                    if head_attempt == self.retries:
+                        logger.warning("task %r unavailable after %d attempts: %r", task, head_attempt + 1, exc)
+                        raise ApiError(503, f"task {task!r} is temporarily unavailable; retry shortly") from None
+                    head_attempt += 1
+                    logger.info("task %r failed (%s); retrying", task, type(exc).__name__)
+                    await asyncio.sleep(0.05 * head_attempt)
+
+    async def _encoder_died(self, pending: Any) -> bool:
+        try:
+            await self.backend.resolve(pending)
+        except self.retryable:
+            return True
+        return False
 
     async def task_list(self) -> dict[str, Any]:
         """The served tasks; labels come from the heads (a replaced head may have new class names)."""
@@ -285,13 +365,23 @@ class LocalBackend:
 
     def __init__(self, encoder: Any, heads: Mapping[str, Any]):
         self.encoder = encoder  # EncoderPart
-        self.heads = dict(heads)  # task -> HeadPart
+        self.heads = dict(heads)  # task -> LeanHead | HeadPart
+
+        self.resolved = 0  # encoder results read by the gateway itself (only to diagnose a failure)
 
     async def encode(self, batch: TokenBatch) -> Encoded:
         return self.encoder.encode([batch])[0]
 
-    async def predict(self, task: str, encoded: Encoded) -> list[dict[str, Any]]:
-        return self.heads[task].predict(encoded)
+    def submit_encode(self, batch: TokenBatch) -> asyncio.Task:
+        return asyncio.ensure_future(self.encode(batch))
+
+    async def resolve(self, pending: asyncio.Task) -> Encoded:
+        self.resolved += 1
+        return await pending
+
+    async def predict(self, task: str, pending: asyncio.Task) -> list[dict[str, Any]]:
+        return self.heads[task].predict(await pending)
 
     async def spec(self, task: str) -> dict[str, Any]:
-        return self.heads[task].spec.to_dict()
+        head = self.heads[task]  # LeanHead (.task, a ServedTask) or HeadPart (.spec, a TaskSpec)
+        return head.task.to_dict() if hasattr(head, "task") else head.spec.to_dict()

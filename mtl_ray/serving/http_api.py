@@ -51,7 +51,9 @@ def build_http_api(gateway: Gateway) -> FastAPI:
 
     @api.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
+        # A message may quote the client's input; lone surrogates in it would not encode as UTF-8.
+        detail = exc.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return JSONResponse({"detail": detail}, status_code=exc.status, headers=exc.headers)
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

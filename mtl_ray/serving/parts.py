@@ -10,11 +10,15 @@ Precision applies to the transformer layers (encoder and task layers): fp32, bf1
 quantization of their Linear layers). Pooling and heads always run in fp32: they cost nothing and keep
 the probabilities stable. Every loader verifies the checkpoint manifest (sizes and sha256) before it
 reads a weight.
+
+A k = L head replica does not use :class:`HeadPart` when its task type has a numpy form
+(:mod:`~mtl_ray.serving.lean_head`): it then never imports torch. What crosses deployments
+(:mod:`~mtl_ray.serving.wire`) and checkpoint reading (:mod:`~mtl_ray.serving.checkpoint_info`) are
+torch-free modules, re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,133 +27,37 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 
-from mtl_ray.checkpoint import MODEL_FILE, TOKENIZER_DIR, load_meta, verify_checkpoint
 from mtl_ray.data.tokenize import collate
 from mtl_ray.device import resolve_device
 from mtl_ray.errors import CheckpointError, ConfigError
 from mtl_ray.model.multitask import HEADS_PREFIX, SHARED_PREFIX, TASK_LAYERS_PREFIX, SharedEncoder, TaskTower
 from mtl_ray.model.pooling import POOLERS
+from mtl_ray.serving.checkpoint_info import CheckpointInfo, read_checkpoint_info, read_tensors, shared_fingerprint
+from mtl_ray.serving.head_checks import check_head_checkpoint
+from mtl_ray.serving.wire import Encoded, TokenBatch, count_inputs
 from mtl_ray.tasks.base import TaskSpec, get_task_type
 
-CHECKPOINT_FORMAT = "mtl-ray-checkpoint"
 PRECISIONS = ("fp32", "bf16", "int8")
 
-
-# --------------------------------------------------------------------------- what crosses deployments
-
-
-@dataclass
-class TokenBatch:
-    """Unpadded token ids of n inputs (ingress -> encoder). Lists, so it pickles small and padding
-    happens once, in the encoder, over everything batched together."""
-
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]]
-    pad_token_id: int
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def features(self) -> list[dict[str, list[int]]]:
-        return [
-            {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": tt}
-            for ids, tt in zip(self.input_ids, self.token_type_ids)
-        ]
-
-
-@dataclass
-class Encoded:
-    """Encoder output for one TokenBatch (encoder -> heads): pooled (n, H) float32 when k = L, else
-    hidden (n, T, H) float32 with attention_mask (n, T) int64."""
-
-    pooled: np.ndarray | None = None
-    hidden: np.ndarray | None = None
-    attention_mask: np.ndarray | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.pooled, self.hidden, self.attention_mask) if a is not None)
-
-
-def count_inputs(batches: Sequence[TokenBatch]) -> int:
-    """``@serve.batch`` size function: batch sizes count texts, not requests."""
-    return sum(len(b) for b in batches)
-
-
-# --------------------------------------------------------------------------- checkpoint reading
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What a checkpoint's meta.json says about the model, read without loading weights."""
-
-    path: Path
-    specs: dict[str, TaskSpec]
-    encoder_config: dict[str, Any]
-    sharing_depth: int
-    num_layers: int
-    pooling: str
-    head_dropout: float
-
-    @property
-    def hard_shared(self) -> bool:
-        """k = L: the encoder pools and heads read only the pooled vector."""
-        return self.sharing_depth == self.num_layers
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.path / TOKENIZER_DIR
-
-
-def read_checkpoint_info(path: str | Path, *, verify: bool = True) -> CheckpointInfo:
-    """Verify the whole checkpoint (unless ``verify=False``: meta.json only) and describe it."""
-    root = Path(path).expanduser().absolute()
-    if verify:
-        verify_checkpoint(root)
-    meta = load_meta(root)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{root}: not an mtl-ray checkpoint (meta.json format={meta.get('format')!r})")
-    try:
-        model_cfg = meta["config"]["model"]
-        return CheckpointInfo(
-            path=root,
-            specs={name: TaskSpec.from_dict(d) for name, d in meta["specs"].items()},
-            encoder_config=meta["encoder_config"],
-            sharing_depth=int(meta["sharing_depth"]),
-            num_layers=int(meta["num_layers"]),
-            pooling=str(model_cfg.get("pooling", "mean")),
-            head_dropout=float(model_cfg.get("head_dropout", 0.1)),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{root}: meta.json lacks what serving needs ({type(exc).__name__}: {exc})") from None
+__all__ = [  # the torch-free pieces live in their own modules; re-exported for callers of this one
+    "CheckpointInfo",
+    "Encoded",
+    "EncoderPart",
+    "HeadPart",
+    "TokenBatch",
+    "count_inputs",
+    "load_tensors",
+    "read_checkpoint_info",
+    "shared_fingerprint",
+    "tokenize",
+]
 
 
 def load_tensors(info: CheckpointInfo, prefix: str) -> dict[str, Tensor]:
-    """Only the tensors whose key starts with ``prefix`` (prefix removed); call after verification."""
-    out = {}
-    with safe_open(str(info.path / MODEL_FILE), framework="pt", device="cpu") as f:
-        for key in f.keys():
-            if key.startswith(prefix):
-                out[key[len(prefix) :]] = f.get_tensor(key)
-    return out
-
-
-def state_fingerprint(state: dict[str, Tensor]) -> str:
-    """sha256 over keys, dtypes, shapes and bytes: equal fingerprints mean identical weights."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().contiguous().cpu()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def shared_fingerprint(info: CheckpointInfo) -> str:
-    """Fingerprint of the shared encoder weights (embeddings + layers 1..k)."""
-    return state_fingerprint(load_tensors(info, SHARED_PREFIX))
+    """Only the tensors whose key starts with ``prefix`` (prefix removed), as torch; call after verification."""
+    return read_tensors(info, prefix, "pt")
 
 
 # --------------------------------------------------------------------------- precision, device
@@ -299,26 +207,8 @@ class HeadPart:
         ``path`` differs, its encoder config, sharing depth, pooling and shared weights must be identical.
         ``expect`` ({"type", "max_length"}): what the ingress tokenizes for; a replacement must keep them."""
         info = read_checkpoint_info(path)
-        if task not in info.specs:
-            raise CheckpointError(f"{info.path}: has no task {task!r}; it has: {', '.join(sorted(info.specs))}")
+        fingerprint = check_head_checkpoint(info, task, reference=reference, expect=expect)
         spec = info.specs[task]
-        if expect is not None:
-            for key in ("type", "max_length"):
-                if expect.get(key) is not None and getattr(spec, key) != expect[key]:
-                    raise CheckpointError(
-                        f"{info.path}: task {task!r} has {key}={getattr(spec, key)!r}, the served task has "
-                        f"{expect[key]!r}; a replacement head must keep the task's {key}"
-                    )
-        fingerprint = ""
-        if reference is not None and Path(reference).absolute() != info.path:
-            ref = read_checkpoint_info(reference, verify=False)  # the encoder replicas verified it
-            _check_same_encoder(info, ref)
-            fingerprint = shared_fingerprint(info)
-            if fingerprint != shared_fingerprint(ref):
-                raise CheckpointError(
-                    f"{info.path}: task {task!r} was trained against different shared encoder weights than "
-                    f"{ref.path} serves (fingerprints differ); its head would read vectors it never saw"
-                )
         tower = TaskTower.from_encoder_config(
             info.encoder_config, spec, info.sharing_depth, pooling=info.pooling, head_dropout=info.head_dropout
         )
@@ -347,15 +237,6 @@ class HeadPart:
 def _tensor(array: np.ndarray) -> Tensor:
     # Arrays arriving from Ray's object store are read-only views; torch wants writable memory.
     return torch.from_numpy(array if array.flags.writeable else array.copy())
-
-
-def _check_same_encoder(info: CheckpointInfo, ref: CheckpointInfo) -> None:
-    for key in ("encoder_config", "sharing_depth", "pooling"):
-        if getattr(info, key) != getattr(ref, key):
-            raise CheckpointError(
-                f"{info.path}: {key} differs from the served checkpoint {ref.path}; a replacement head must be "
-                "trained against the same encoder, cut at the same depth"
-            )
 
 
 def _load_strict(module: nn.Module, state: dict[str, Tensor], where: str) -> None:

@@ -338,3 +338,12 @@ def test_a_head_from_another_encoder_is_refused_and_the_old_one_keeps_serving(ap
     assert info["checkpoint"] == str(checkpoints["main"])
     after = app["client"].post("/v1/predict", json={"texts": TEXTS, "tasks": ["score"]})
     assert after.status_code == 200 and after.json() == before
+
+
+def test_hidden_states_go_to_the_heads_in_one_hop(app):
+    r = app["client"].post("/v1/predict", json={"texts": TEXTS})
+    assert r.status_code == 200, r.text
+    ingress = replica_info("Ingress")
+    assert ingress["encoder_results_read"] == 0  # handed to the heads by reference, never read here
+    assert ingress["torch_loaded"] is False
+    assert replica_info("Head-score")["head"] == "torch"  # k < L: the task's own layers run in torch

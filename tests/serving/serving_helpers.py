@@ -17,7 +17,9 @@ from mtl_ray.config import config_from_dict
 from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.serving.gateway import Gateway, LocalBackend
+from mtl_ray.serving.lean_head import LeanHead
 from mtl_ray.serving.parts import EncoderPart, HeadPart, read_checkpoint_info
+from mtl_ray.serving.text_tokenizer import CheckpointTokenizer
 from mtl_ray.tasks.base import TaskSpec
 from mtl_ray.training.checkpointing import save_training_checkpoint
 
@@ -91,9 +93,18 @@ def assert_predictions_close(got: dict, ref: dict, atol: float = 1e-5) -> None:
 
 
 def local_gateway(path, precision: str = "fp32", **kwargs) -> Gateway:
-    """A Gateway over in-process parts (what the Serve app computes, without Ray)."""
+    """A Gateway over in-process parts (what the Serve app computes, without Ray): lean numpy heads
+    when k = L, as the head replicas run them; torch heads when k < L."""
     info = read_checkpoint_info(path)
     encoder = EncoderPart.from_checkpoint(path, precision)
-    heads = {t: HeadPart.from_checkpoint(path, t, precision) for t in info.specs}
-    tokenizer = AutoTokenizer.from_pretrained(str(info.tokenizer_dir))
+    if info.hard_shared:
+        heads = {t: LeanHead.from_checkpoint(path, t) for t in info.specs}
+    else:
+        heads = {t: HeadPart.from_checkpoint(path, t, precision) for t in info.specs}
+    tokenizer = CheckpointTokenizer.from_dir(info.tokenizer_dir)
     return Gateway(info.specs, tokenizer, LocalBackend(encoder, heads), **kwargs)
+
+
+def hf_tokenizer(path) -> AutoTokenizer:
+    """The checkpoint's tokenizer as the Predictor loads it (the reference the ingress must match)."""
+    return AutoTokenizer.from_pretrained(str(read_checkpoint_info(path, verify=False).tokenizer_dir))

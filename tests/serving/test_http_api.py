@@ -142,14 +142,17 @@ class FlakyBackend:
         self.failures = failures
         self.calls = 0
 
-    async def encode(self, batch):
-        return await self.inner.encode(batch)
+    def submit_encode(self, batch):
+        return self.inner.submit_encode(batch)
 
-    async def predict(self, task, encoded):
+    async def resolve(self, pending):
+        return await self.inner.resolve(pending)
+
+    async def predict(self, task, pending):
         self.calls += 1
         if self.calls <= self.failures:
             raise _Died("replica died")
-        return await self.inner.predict(task, encoded)
+        return await self.inner.predict(task, pending)
 
     async def spec(self, task):
         return await self.inner.spec(task)

@@ -15,8 +15,9 @@ from ray.serve import Application
 
 from mtl_ray.errors import ConfigError
 from mtl_ray.ray.serve.deployments import EncoderDeployment, HeadDeployment, IngressDeployment, head_name
+from mtl_ray.serving.checkpoint_info import CheckpointInfo, read_checkpoint_info
 from mtl_ray.serving.config import HeadAppConfig, HeadOptions, ServeConfig, serve_config_from_dict
-from mtl_ray.serving.parts import CheckpointInfo, read_checkpoint_info
+from mtl_ray.serving.served_task import ServedTask
 from mtl_ray.tasks.base import TaskSpec
 
 IMPORT_PATH = "mtl_ray.ray.serve.app:build_app"
@@ -53,6 +54,12 @@ def served_specs(cfg: ServeConfig, info: CheckpointInfo) -> dict[str, TaskSpec]:
     return specs
 
 
+def head_expect(spec: TaskSpec) -> dict[str, Any]:
+    """What a head replica is told about its task: what a replacement must keep (type, max_length) and
+    what the registry says about it (is_pair, supervised), so a lean head needs no registry (no torch)."""
+    return {"type": spec.type, "max_length": spec.max_length, "is_pair": spec.is_pair, "supervised": spec.supervised}
+
+
 def build_app(args: ServeConfig) -> Application:
     """Ingress -> Encoder -> one Head per task, each with its options from ``args``."""
     cfg = args if isinstance(args, ServeConfig) else serve_config_from_dict(dict(args))
@@ -76,13 +83,13 @@ def build_app(args: ServeConfig) -> Application:
             user_config={"checkpoint": cfg.head_checkpoint(task)},
             **internal,
             **cfg.head_options(task).serve_options(),
-        ).bind(cfg.checkpoint, task, cfg.precision, "auto", {"type": spec.type, "max_length": spec.max_length})
+        ).bind(cfg.checkpoint, task, cfg.precision, "auto", head_expect(spec))
         for task, spec in specs.items()
     }
     return IngressDeployment.options(name=INGRESS, **cfg.ingress.serve_options()).bind(
         encoder,
         heads,
-        {t: s.to_dict() for t, s in specs.items()},
+        {t: ServedTask.from_spec(s).to_dict() for t, s in specs.items()},
         str(info.tokenizer_dir),
         cfg.limits.model_dump(),
         cfg.auth.model_dump(),
@@ -104,7 +111,7 @@ def build_head_app(args: HeadAppConfig) -> Application:
         user_config={"checkpoint": cfg.head_checkpoint},
         logging_config={"enable_access_log": False},
         **HeadOptions().serve_options(),
-    ).bind(cfg.checkpoint, cfg.task, cfg.precision, "auto", {"type": spec.type, "max_length": spec.max_length})
+    ).bind(cfg.checkpoint, cfg.task, cfg.precision, "auto", head_expect(spec))
 
 
 def head_app_name(app_name: str, task: str) -> str:

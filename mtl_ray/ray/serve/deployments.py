@@ -5,8 +5,12 @@
               └─ HeadDeployment[task].predict    (one deployment per task, called concurrently)
 
 All logic lives in plain classes (:class:`~mtl_ray.serving.gateway.Gateway`,
-:class:`~mtl_ray.serving.parts.EncoderPart`, :class:`~mtl_ray.serving.parts.HeadPart`) that unit tests
-use without a cluster. Deployment options (replicas, autoscaling, CPUs) are set by the app builder.
+:class:`~mtl_ray.serving.parts.EncoderPart`, :class:`~mtl_ray.serving.lean_head.LeanHead`,
+:class:`~mtl_ray.serving.parts.HeadPart`) that unit tests use without a cluster. Deployment options
+(replicas, autoscaling, CPUs) are set by the app builder.
+
+This module imports no torch: the ingress never does, and a k = L head whose task type has a numpy
+form (:mod:`~mtl_ray.serving.lean_head`) neither; the encoder and k < L heads import it when they load.
 """
 
 from __future__ import annotations
@@ -14,19 +18,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from typing import Any
 
-import torch
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from mtl_ray.serving.checkpoint_info import read_checkpoint_info
 from mtl_ray.serving.config import AuthConfig, LimitsConfig, read_api_key, torch_threads_for
 from mtl_ray.serving.gateway import Gateway
 from mtl_ray.serving.http_api import build_http_api
-from mtl_ray.serving.parts import Encoded, EncoderPart, HeadPart, TokenBatch, count_inputs
-from mtl_ray.tasks.base import TaskSpec
+from mtl_ray.serving.lean_head import LeanHead, has_lean_head
+from mtl_ray.serving.served_task import ServedTask
+from mtl_ray.serving.text_tokenizer import CheckpointTokenizer
+from mtl_ray.serving.wire import Encoded, TokenBatch, count_inputs
 
 logger = logging.getLogger("ray.serve")
 
@@ -43,6 +50,7 @@ def _set_torch_threads(concurrent: int = 1) -> int:
     """Intra-op threads: the replica's reserved CPUs shared by its ``concurrent`` forwards (at least
     one; Ray sets OMP_NUM_THREADS=1 for fractional replicas, so this is always set explicitly)."""
     import ray
+    import torch
 
     if not ray.is_initialized():  # the class used directly (unit tests): leave torch as it is
         return torch.get_num_threads()
@@ -54,7 +62,13 @@ def _set_torch_threads(concurrent: int = 1) -> int:
 
 def _replica_info(**extra: Any) -> dict[str, Any]:
     ctx = serve.get_replica_context()
-    return {"deployment": ctx.deployment, "replica": ctx.replica_id.unique_id, "pid": os.getpid(), **extra}
+    return {
+        "deployment": ctx.deployment,
+        "replica": ctx.replica_id.unique_id,
+        "pid": os.getpid(),
+        "torch_loaded": "torch" in sys.modules,  # lean replicas (ingress, k = L heads) keep this False
+        **extra,
+    }
 
 
 @serve.deployment(name="Encoder")
@@ -70,6 +84,8 @@ class EncoderDeployment:
         batch_wait_timeout_s: float = _DEFAULT_WAIT_S,
         max_concurrent_batches: int = 1,
     ):
+        from mtl_ray.serving.parts import EncoderPart  # torch: the encoder runs the transformer
+
         self.threads = _set_torch_threads(max_concurrent_batches)
         self.part = EncoderPart.from_checkpoint(checkpoint, precision, device)  # verifies the manifest first
         self.encode_batch.set_max_batch_size(max_batch_size)
@@ -111,19 +127,36 @@ class HeadDeployment:
     replaced without restarting anything else. The new checkpoint is verified and checked to share
     the served encoder's weights before the swap. A replica that cannot load its first head fails
     (so does the deploy); a refused *replacement* keeps the previous head serving, logs the reason at
-    ERROR and reports it in ``info()["refused"]``."""
+    ERROR and reports it in ``info()["refused"]``.
+
+    With k = L and a task type that has a numpy form, the head is a :class:`LeanHead` and the replica
+    never imports torch; otherwise (k < L: the task's own transformer layers) a torch ``HeadPart``.
+    ``expect`` ({"type", "max_length", "is_pair", "supervised"}): the served task as the builder resolved it."""
 
     def __init__(
         self, checkpoint: str, task: str, precision: str = "fp32", device: str = "auto", expect: dict | None = None
     ):
-        self.threads = _set_torch_threads()
+        self.threads: int | None = None  # torch threads, set when a torch head loads
         self.reference = checkpoint  # what the encoder serves
         self.task = task
         self.precision = precision
         self.device = device
         self.expect = expect
-        self.part: HeadPart | None = None  # loaded by reconfigure (Serve calls it right after __init__)
+        self.part: Any = None  # LeanHead | HeadPart, loaded by reconfigure (Serve calls it right after __init__)
         self.refused: str | None = None  # the last replacement checkpoint refused, and why
+
+    def _load(self, path: str) -> Any:
+        info = read_checkpoint_info(path, verify=False)  # meta.json only; the loader verifies everything
+        task_type = info.spec_dicts.get(self.task, {}).get("type", "")
+        if info.hard_shared and has_lean_head(task_type):
+            return LeanHead.from_checkpoint(path, self.task, reference=self.reference, expect=self.expect)
+        from mtl_ray.serving.parts import HeadPart  # torch: the task owns transformer layers
+
+        if self.threads is None:
+            self.threads = _set_torch_threads()
+        return HeadPart.from_checkpoint(
+            path, self.task, self.precision, self.device, reference=self.reference, expect=self.expect
+        )
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         user_config = dict(user_config or {})
@@ -134,9 +167,7 @@ class HeadDeployment:
         if self.part is not None and self.part.checkpoint == os.path.abspath(path):
             return
         try:  # built fully before the swap: requests in flight finish on the old head
-            part = HeadPart.from_checkpoint(
-                path, self.task, self.precision, self.device, reference=self.reference, expect=self.expect
-            )
+            part = self._load(path)
         except Exception as exc:
             if self.part is None:  # nothing to fall back to: fail the replica (and the deploy), saying why
                 raise
@@ -147,7 +178,7 @@ class HeadDeployment:
             return
         self.part, self.refused = part, None
 
-    def _loaded(self) -> HeadPart:
+    def _loaded(self) -> Any:
         if self.part is None:  # a config that dropped user_config: Serve never called reconfigure
             self.reconfigure(None)
         assert self.part is not None
@@ -160,7 +191,9 @@ class HeadDeployment:
         return await asyncio.to_thread(part.predict, encoded)
 
     def spec(self) -> dict[str, Any]:
-        return self._loaded().spec.to_dict()
+        """The served task (:class:`ServedTask` as a dict): labels may change with a replaced head."""
+        part = self._loaded()
+        return part.task.to_dict() if isinstance(part, LeanHead) else ServedTask.from_spec(part.spec).to_dict()
 
     def info(self) -> dict[str, Any]:
         part = self._loaded()
@@ -168,7 +201,8 @@ class HeadDeployment:
             task=self.task,
             checkpoint=part.checkpoint,
             loaded_at=part.loaded_at,
-            labels=part.spec.label_names,
+            labels=self.spec()["label_names"],
+            head="numpy" if isinstance(part, LeanHead) else "torch",
             refused=self.refused,
         )
 
@@ -179,12 +213,19 @@ class HandleBackend:
     def __init__(self, encoder: DeploymentHandle, heads: dict[str, DeploymentHandle]):
         self.encoder = encoder
         self.heads = heads
+        self.resolved = 0  # encoder results this ingress read itself (only after a failed head call)
 
-    async def encode(self, batch: TokenBatch) -> Encoded:
-        return await self.encoder.encode.remote(batch)
+    def submit_encode(self, batch: TokenBatch) -> DeploymentResponse:
+        return self.encoder.encode.remote(batch)
 
-    async def predict(self, task: str, encoded: Encoded) -> list[dict[str, Any]]:
-        return await self.heads[task].predict.remote(encoded)
+    async def resolve(self, pending: DeploymentResponse) -> Encoded:
+        self.resolved += 1
+        return await pending
+
+    async def predict(self, task: str, pending: DeploymentResponse) -> list[dict[str, Any]]:
+        # One hop: Serve hands the head the encoder's result by object reference; the head reads the
+        # arrays straight from the object store and this ingress never holds them.
+        return await self.heads[task].predict.remote(pending)
 
     async def spec(self, task: str) -> dict[str, Any]:
         return await self.heads[task].spec.remote()
@@ -206,13 +247,10 @@ class IngressDeployment:
         max_batch_size: int,
         retries: int = 1,
     ):
-        from transformers import AutoTokenizer
-
-        _set_torch_threads()
         api_key = read_api_key(AuthConfig(**auth))  # configured but missing -> this replica fails to start
         self.gateway = Gateway(
-            {name: TaskSpec.from_dict(d) for name, d in specs.items()},
-            AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False),
+            {name: ServedTask.from_dict(d) for name, d in specs.items()},
+            CheckpointTokenizer.from_dir(tokenizer_dir),  # tokenizers only: no transformers, no torch
             HandleBackend(encoder, heads),
             LimitsConfig(**limits),
             max_batch_size=max_batch_size,
@@ -269,7 +307,7 @@ class IngressDeployment:
         while time.monotonic() < deadline:
             try:  # both raise until the app exists and its head answers
                 handle = serve.get_deployment_handle(head_name(task), app_name=app_name)
-                spec = TaskSpec.from_dict(await asyncio.wait_for(handle.spec.remote(), timeout=10))
+                spec = ServedTask.from_dict(await asyncio.wait_for(handle.spec.remote(), timeout=10))
                 break
             except Exception as exc:  # still deploying (or failed: then the task stays unserved)
                 logger.info("added task %r: head in app %r not answering yet (%s)", task, app_name, exc)
@@ -291,4 +329,5 @@ class IngressDeployment:
             attaching={t: ("done" if a.done() else "running") for t, a in self._attaching.items()},
             pending=sorted(self._pending),
             auth=self.gateway.api_key is not None,
+            encoder_results_read=self.gateway.backend.resolved,  # 0 unless a head call failed: one hop
         )
