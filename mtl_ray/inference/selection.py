@@ -9,8 +9,18 @@ exist and take this input kind; duplicates are dropped, order kept. Errors are r
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
-from mtl_ray.tasks.base import TaskSpec
+
+class Selectable(Protocol):
+    """What selection reads of a task: a ``TaskSpec`` (Predictor) or a ``ServedTask`` (the torch-free
+    Serve ingress); this module imports neither, so the ingress stays free of torch."""
+
+    @property
+    def is_pair(self) -> bool: ...
+
+    @property
+    def supervised(self) -> bool: ...
 
 
 def input_kind(is_pair: bool) -> str:
@@ -18,7 +28,7 @@ def input_kind(is_pair: bool) -> str:
 
 
 def select_tasks(
-    specs: Mapping[str, TaskSpec],
+    specs: Mapping[str, Selectable],
     is_pair: bool,
     tasks: Sequence[str] | None,
     error: Callable[[str], Exception],

@@ -15,13 +15,15 @@ import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from torch import Tensor, nn
-from transformers import AutoTokenizer
 
 from mtl_ray.config import config_from_dict
 from mtl_ray.predictor import Predictor
+from mtl_ray.serving.checkpoint_info import read_checkpoint_info
 from mtl_ray.serving.gateway import Gateway, LocalBackend
 from mtl_ray.serving.http_api import build_http_api
-from mtl_ray.serving.parts import EncoderPart, HeadPart, read_checkpoint_info
+from mtl_ray.serving.lean_head import LeanHead, has_lean_head
+from mtl_ray.serving.parts import EncoderPart, HeadPart
+from mtl_ray.serving.text_tokenizer import CheckpointTokenizer
 from mtl_ray.tasks.base import LABELS, TASK_TYPES, TaskSpec, register_task_type
 from mtl_ray.training.run import train
 from mtl_ray.tuning.deltam import delta_m, primary_metrics
@@ -146,10 +148,14 @@ def test_a_task_type_defined_here_trains_evaluates_and_serves(toy_type, tiny_enc
     ref = predictor.predict(texts=texts, tasks=["toy"])["toy"]
     assert [r["label"] for r in ref] == ["pos", "neg"]
     info = read_checkpoint_info(best)
-    heads = {t: HeadPart.from_checkpoint(best, t, "fp32") for t in info.specs}
+    assert not has_lean_head(toy_type.name)  # no numpy form: Serve runs its torch head (HeadPart)
+    heads = {
+        "toy": HeadPart.from_checkpoint(best, "toy", "fp32"),
+        "score": LeanHead.from_checkpoint(best, "score"),  # a built-in type's numpy form, as Serve picks it
+    }
     gateway = Gateway(
         info.specs,
-        AutoTokenizer.from_pretrained(str(info.tokenizer_dir)),
+        CheckpointTokenizer.from_dir(info.tokenizer_dir),
         LocalBackend(EncoderPart.from_checkpoint(best, "fp32"), heads),
     )
     with TestClient(build_http_api(gateway)) as client:
