@@ -29,6 +29,7 @@ from typing import Any
 
 from mtl_ray.config import Config, config_from_dict, config_to_dict, dump_config
 from mtl_ray.errors import CheckpointError, ConfigError, MtlRayError
+from mtl_ray.ray.storage import RunFolder, check_writable
 
 FAULT_STEP_ENV = "MTL_RAY_FAULT_AT_STEP"  # kill one worker once, right after this optimizer step
 FAULT_RANK_ENV = "MTL_RAY_FAULT_RANK"  # which rank (default: the last one)
@@ -73,6 +74,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         train_streams=streams,
     )
     restored_from = _restore(trainer, cfg, config.get("resume_from"))
+    # cfg.train.output_dir is run.local; a caller without a run folder (a Tune trial) writes there only
+    run = RunFolder.from_dict(
+        config.get("run")
+        or RunFolder.create(str(Path(cfg.train.output_dir).parent), Path(cfg.train.output_dir).name).to_dict()
+    )
+    if rank == 0:
+        run.pull("metrics.jsonl")  # a restart on another node continues the run's own log (URI storage)
     recorder = _open_recorder(Path(cfg.train.output_dir), trainer.step) if rank == 0 else None
     if rank == 0 and restored_from:
         print(f"resumed at step {trainer.step} from {restored_from}", flush=True)
@@ -92,15 +100,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     def on_eval(step: int, per_task: dict[str, dict[str, float]], aggregate: float) -> None:
         _report_eval(cfg, trainer, setup.tokenizer, recorder, step, per_task, aggregate)
+        if recorder is not None:
+            recorder.flush()
+            run.push()
 
     start = time.perf_counter()
     fit(trainer, on_step=on_step, on_log=on_log, on_eval=on_eval)
     train_seconds = time.perf_counter() - start
     test = trainer.evaluate("test")  # every rank scores its share; gathered on all ranks
     digests = dist_utils.gather_objects(param_digest(trainer.model))
+    node_ids = dist_utils.gather_objects(ray.get_runtime_context().get_node_id())  # where each rank ran
     if recorder is None:
         return None
     recorder.close()
+    run.push()
     return {
         "steps": trainer.step,
         "examples_seen": trainer.examples_seen,
@@ -112,6 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         "majority_baseline": baselines(setup.data, "test"),
         "history": recorder.history,
         "rank_param_digests": digests,
+        "rank_node_ids": node_ids,
     }
 
 
@@ -356,8 +370,12 @@ def run_ray_training(
     from mtl_ray.training.run import write_run_outputs
 
     cfg = absolute_paths(cfg)
-    out = Path(cfg.train.output_dir)
     storage = storage_location(cfg, storage_path)
+    check_writable(storage)  # before Ray starts: a typo'd bucket or read-only mount fails in seconds
+    # every output of the run (metrics, TensorBoard, curves, summary, config, checkpoints) in one folder
+    run = RunFolder.create(storage, run_name(cfg))
+    cfg = _with_output_dir(cfg, run.local)
+    out = Path(run.local)
     if resume_from is not None:
         resume_from = resume_from if _is_uri(resume_from) else str(Path(resume_from).expanduser().resolve())
         precheck_resume(resume_from, cfg)
@@ -376,9 +394,11 @@ def run_ray_training(
         prepare_assets(cfg)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        run.push()
+        print(f"run folder: {run.location}", flush=True)
         streamed = _plan_streaming(cfg)
         check_task_data(cfg, skip=set(streamed))
-        trainer = _build_trainer(cfg, storage, resume_from, fault, streamed)
+        trainer = _build_trainer(cfg, storage, resume_from, fault, streamed, run)
         started = time.time()
         result = _fit(trainer)
         wall = time.time() - started
@@ -391,11 +411,12 @@ def run_ray_training(
         print(f"warning: ranks ended with different weights (digests {digests})", file=sys.stderr)
     first = value.get("first_step_unix")
     summary = {
-        "output_dir": str(out),
+        "output_dir": run.location,
         "steps": value.get("steps"),
         "train_seconds": value.get("train_seconds"),
         "wall_seconds": wall,
         "time_to_first_step_s": (first - started) if first else None,
+        "first_step_unix": first,  # the last attempt's first step (after a restart: the resumed one)
         "examples_seen": value.get("examples_seen"),
         "num_workers": cfg.ray.num_workers,
         "global_batch_size": cfg.train.batch_size * cfg.ray.num_workers * cfg.train.grad_accum_steps,
@@ -404,11 +425,25 @@ def run_ray_training(
         "ray_run_path": result.path,
         "restored_from": value.get("restored_from"),
         "rank_param_digests": digests,
+        "rank_node_ids": value.get("rank_node_ids", []),
         "test": value.get("test", {}),
         "test_aggregate": value.get("test_aggregate"),
         "majority_baseline": value.get("majority_baseline", {}),
     }
-    return write_run_outputs(out, summary, value.get("history", []))
+    write_run_outputs(out, summary, value.get("history", []))
+    run.push()
+    return summary
+
+
+def run_name(cfg: Config) -> str:
+    """``<output_dir name>-<date>-<time>-<6 hex>``: Ray Train's run name, the run folder's name."""
+    return f"{Path(cfg.train.output_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _with_output_dir(cfg: Config, output_dir: str) -> Config:
+    d = config_to_dict(cfg)
+    d["train"]["output_dir"] = output_dir
+    return config_from_dict(d)
 
 
 def _plan_streaming(cfg: Config) -> dict[str, Any]:
@@ -437,13 +472,17 @@ def tokenizer_location(cfg: Config) -> str:
 
 
 def _build_trainer(
-    cfg: Config, storage: str, resume_from: str | None, fault: dict[str, Any] | None, streamed: dict[str, Any]
+    cfg: Config,
+    storage: str,
+    resume_from: str | None,
+    fault: dict[str, Any] | None,
+    streamed: dict[str, Any],
+    run: RunFolder,
 ) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    out = Path(cfg.train.output_dir)
-    name = f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    name = run.location.rstrip("/").rsplit("/", 1)[-1]
     stream_info = {
         t.name: {"key": t.key, "num_examples": t.num_examples, "label_names": t.label_names, "eval_ref": t.eval_ref}
         for t in streamed.values()
@@ -460,12 +499,14 @@ def _build_trainer(
             "resume_from": resume_from,
             "fault": fault,
             "streamed": stream_info,
+            "run": run.to_dict(),
         },
         **data_kwargs,
         scaling_config=ScalingConfig(
             num_workers=cfg.ray.num_workers,
             use_gpu=cfg.ray.use_gpu,
             resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
+            placement_strategy=cfg.ray.placement_strategy,
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         run_config=RunConfig(
