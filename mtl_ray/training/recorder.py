@@ -43,6 +43,11 @@ class RunRecorder:
                     self._writer.add_scalar(key, value, step)
             self._writer.flush()
 
+    def flush(self) -> None:
+        """Write buffered TensorBoard events to disk (before the folder is copied to a storage URI)."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
