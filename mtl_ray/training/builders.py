@@ -71,4 +71,8 @@ def build_model(cfg: Config, specs: dict[str, TaskSpec]) -> tuple[MultiTaskModel
         head_dropout=cfg.model.head_dropout,
         contrastive_temperature=cfg.model.contrastive_temperature,
     )
+    if cfg.model.init_from:  # shared weights from a trained checkpoint (training/frozen.py)
+        from mtl_ray.training.frozen import load_shared_from
+
+        load_shared_from(model, cfg.model.init_from, cfg.model.pooling)
     return model, tokenizer

@@ -33,6 +33,7 @@ from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.training import distributed as dist_utils
 from mtl_ray.training.builders import TaskData
 from mtl_ray.training.evaluation import evaluate_model, rows
+from mtl_ray.training.frozen import FrozenTrunk
 from mtl_ray.training.metrics import aggregate_score
 from mtl_ray.training.optim import build_optimizer, build_scheduler
 from mtl_ray.training.samplers import build_sampler
@@ -90,6 +91,9 @@ class MultiTaskTrainer:
         }
         static = {t: data[t].spec.loss_weight for t in self.train_tasks}
         self.weighting = build_weighting(self.tcfg.weighting, static, self.tcfg).to(self.device)
+        # train.freeze_shared: trunk out of the optimizer, its outputs cached (training/frozen.py)
+        trained = {t: data[t] for t in self.train_tasks if t in data}
+        self.frozen = FrozenTrunk.for_training(cfg, self.model, trained) if self.tcfg.freeze_shared else None
         self.optimizer = build_optimizer(self.model, self.weighting, self.tcfg)
         self.scheduler = build_scheduler(self.optimizer, self.tcfg)
         self.sampler = build_sampler(self.tcfg.sampler, sizes, self.tcfg, self.tcfg.seed)
@@ -140,7 +144,7 @@ class MultiTaskTrainer:
             examples = self._next_examples(task)
             batch = self._to_device(collate(examples, self.pad_token_id))
             with self._autocast():
-                task_loss = self.model.loss(task, batch)
+                task_loss = self.model.loss(task, batch) if self.frozen is None else self.frozen.loss(task, batch)
             total = self.weighting.combine({task: task_loss.float()}) / accum
             total.backward()
             losses[task].append(float(task_loss.detach()))
