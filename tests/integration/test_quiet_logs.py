@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from helpers import tiny_config_dict, write_tiny_tasks
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -123,13 +124,8 @@ def test_demo_shows_progress_and_answers_only(tmp_path):
 
 
 def _tiny_config(tmp_path: Path) -> dict:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mtl_ray_tests_conftest", TESTS / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    files = module.write_tiny_tasks(tmp_path / "tasks")
+    files = write_tiny_tasks(tmp_path / "tasks")
     encoder = make_tiny_encoder(tmp_path / "encoder")
-    d = module.tiny_config_dict(encoder, files, tmp_path / "out", max_steps=4, eval_every=4, log_every=2)
+    d = tiny_config_dict(encoder, files, tmp_path / "out", max_steps=4, eval_every=4, log_every=2)
     d["ray"] = {"num_workers": 1, "cpus_per_worker": 1}
     return d

@@ -16,7 +16,6 @@ Token auth is off for this private test cluster (the Jobs test covers token auth
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 import time
@@ -25,12 +24,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from helpers import tiny_config_dict
 
 from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.config import config_from_dict, config_to_dict
 from mtl_ray.ray.local_cluster import committed_checkpoints, free_port, two_node_cluster
 from mtl_ray.ray.train import run_ray_training
-from mtl_ray.training.loop import MultiTaskTrainer
+from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.run import setup_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -38,13 +38,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 12
 EVAL_EVERY = 3
-
-
-def _conftest():
-    spec = importlib.util.spec_from_file_location("mtl_ray_tests_conftest", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +48,7 @@ def two_nodes():
 
 
 def make_config(encoder: Path, files: dict, out: Path, storage: Path, **ray_keys):
-    d = _conftest().tiny_config_dict(encoder, files, out, max_steps=STEPS, eval_every=EVAL_EVERY, log_every=1)
+    d = tiny_config_dict(encoder, files, out, max_steps=STEPS, eval_every=EVAL_EVERY, log_every=1)
     d["model"]["head_dropout"] = 0.0
     d["ray"] = {"num_workers": 2, "cpus_per_worker": 1, "placement_strategy": "SPREAD", "num_to_keep": 10,
                 "storage_path": str(storage), **ray_keys}  # fmt: skip
@@ -85,7 +78,7 @@ def test_spread_run_puts_one_worker_per_node_and_equals_one_process(two_nodes, s
     d = config_to_dict(cfg)
     single = config_from_dict({**d, "train": {**d["train"], "batch_size": 16}})
     setup = setup_run(single)
-    trainer = MultiTaskTrainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
+    trainer = build_trainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
     for _ in range(STEPS):
         trainer.train_step()
     run = Path(summary["output_dir"])
