@@ -23,6 +23,7 @@ except ImportError:  # `python jobs/deploy.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtl_ray.errors import MtlRayError
+from mtl_ray.ray.job_env import check_job_interpreter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +59,7 @@ def wait_healthy(url: str, timeout_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_job_interpreter(__file__)  # a bare `python` without the deps: say why, no traceback
         from mtl_ray.ray.serve.app import build_app
         from mtl_ray.serving.config import load_serve_config, read_api_key
 

@@ -20,6 +20,7 @@ except ImportError:  # `python jobs/evaluate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtl_ray.errors import MtlRayError
+from mtl_ray.ray.job_env import check_job_interpreter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the checkpoint's config (data.*)")
     args = p.parse_args(argv)
     try:
+        check_job_interpreter(__file__)  # a bare `python` without the deps: say why, no traceback
         from mtl_ray.evaluate import evaluate_checkpoint
         from mtl_ray.training.metrics import format_table
 

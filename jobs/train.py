@@ -20,6 +20,7 @@ except ImportError:  # `python jobs/train.py` from a checkout: the repo root hol
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtl_ray.errors import MtlRayError
+from mtl_ray.ray.job_env import check_job_interpreter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_job_interpreter(__file__)  # a bare `python` without the deps: say why, no traceback
         from mtl_ray.config import load_config
         from mtl_ray.ray.train import run_ray_training
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"\nbest checkpoint: {summary['best_checkpoint']}")
-    print(f"outputs:         {summary['output_dir']}")
+    print(f"run folder:      {summary['output_dir']}")  # metrics, TensorBoard, curves, summary, checkpoints
     return 0
 
 

@@ -22,6 +22,7 @@ except ImportError:  # `python jobs/tune.py` from a checkout: the repo root hold
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtl_ray.errors import MtlRayError
+from mtl_ray.ray.job_env import check_job_interpreter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_job_interpreter(__file__)  # a bare `python` without the deps: say why, no traceback
         from mtl_ray.config import load_config
         from mtl_ray.ray.tune import run_tune
         from mtl_ray.tuning.experiment import format_summary

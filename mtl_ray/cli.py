@@ -26,6 +26,15 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+def _add_verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show Ray's and Serve's own logs (also: MTL_RAY_VERBOSE=1); by default they go to Ray's log files",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtl-ray",
@@ -86,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--route-prefix", default="/")
     sv.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
     sv.add_argument("--output", "-o", default=None, help="build: where to write the config (default: stdout)")
+    _add_verbose_arg(sv)
 
     tn = sub.add_parser(
         "tune",
@@ -105,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="end to end: prepare data, train on Ray, evaluate, serve, answer samples")
     _add_config_args(demo, required=False)
     demo.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1 for the Serve demo")
+    _add_verbose_arg(demo)
 
     sub.add_parser("doctor", help="versions, devices and which assets are cached")
     return parser
@@ -199,12 +210,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verbose(args: argparse.Namespace) -> bool:
+    from mtl_ray.ray.logs import verbose_requested  # imports no ray
+
+    return verbose_requested(args.verbose)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mtl_ray.config import load_config
     from mtl_ray.ray.demo import run_demo
 
     cfg = load_config(args.config or "configs/builtin.yaml", args.overrides)
-    run_demo(cfg, port=args.port)
+    run_demo(cfg, port=args.port, verbose=_verbose(args))
     return 0
 
 
@@ -280,6 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app_name=args.app_name,
         route_prefix=args.route_prefix,
         num_cpus=args.num_cpus,
+        verbose=_verbose(args),
     )
     return 0
 

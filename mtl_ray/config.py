@@ -165,6 +165,9 @@ class DataConfig:
         return (Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mtl-ray").resolve()
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement-group strategies
+
+
 @dataclass
 class RayConfig:
     """The thin Ray shell: where and how wide to run."""
@@ -180,6 +183,9 @@ class RayConfig:
     # by Ray Data tasks, sharded to the workers) instead of loading whole files on every worker
     streaming: bool = False
     data_cpus: float = 1.0  # CPUs the workers must leave free for Ray Data tasks when streaming
+    # how Ray places the workers' bundles: PACK (fill a node first), SPREAD (one per node where it can),
+    # STRICT_PACK / STRICT_SPREAD (the same, or fail to schedule)
+    placement_strategy: str = "PACK"
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -192,6 +198,10 @@ class RayConfig:
             raise ConfigError(f"ray.num_to_keep: must be >= 1, got {self.num_to_keep}")
         if self.data_cpus <= 0:
             raise ConfigError(f"ray.data_cpus: must be > 0, got {self.data_cpus}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(
+                f"ray.placement_strategy: must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}"
+            )
 
 
 @dataclass

@@ -19,3 +19,7 @@ class AssetError(MtlRayError):
 
 class CheckpointError(MtlRayError):
     """A checkpoint is missing, truncated, tampered with, or does not match the run."""
+
+
+class StorageError(MtlRayError):
+    """A run's storage path or URI is not reachable or not writable (message names the path)."""

@@ -35,11 +35,13 @@ def _summarize(pred: dict[str, Any]) -> str:
     return "embedding"
 
 
-def run_demo(cfg: Config, *, port: int = 8000, num_cpus: int = 4) -> dict[str, Any]:
+def run_demo(cfg: Config, *, port: int = 8000, num_cpus: int = 4, verbose: bool = False) -> dict[str, Any]:
+    """``verbose``: Ray's and Serve's own logs on the terminal (default: answers, progress, errors)."""
     import httpx
     from ray import serve
 
     from mtl_ray.data.prepare import prepare_builtin
+    from mtl_ray.ray.logs import RayLogging
     from mtl_ray.ray.serve.app import build_app
     from mtl_ray.ray.session import ray_session
     from mtl_ray.ray.train import run_ray_training
@@ -49,14 +51,16 @@ def run_demo(cfg: Config, *, port: int = 8000, num_cpus: int = 4) -> dict[str, A
     print(f"[1/4] preparing the real corpora: {', '.join(builtins)}", flush=True)
     prepare_builtin(builtins, cfg.data, progress=True)
     start = time.perf_counter()
-    with ray_session(None, num_cpus=num_cpus):
+    logs = RayLogging(verbose=verbose)
+    logs.apply_to_driver()
+    with ray_session(None, num_cpus=num_cpus, init_kwargs=logs.init_kwargs()):
         print("[2/4] training with Ray Train (embedded local Ray)", flush=True)
         summary = run_ray_training(cfg)
         best = summary["best_checkpoint"]
         print(f"[3/4] serving {best} on http://127.0.0.1:{port}", flush=True)
         answers: dict[str, Any] = {}
         try:
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=logs.serve_logging_config())
             serve.run(build_app(serve_config_from_dict({"checkpoint": best})), name="mtl", route_prefix="/")
             base = f"http://127.0.0.1:{port}"
             with httpx.Client(timeout=60) as client:

@@ -99,9 +99,12 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[bool]:
+def ray_session(
+    address: str | None = None, *, num_cpus: int | None = None, init_kwargs: dict[str, Any] | None = None
+) -> Iterator[bool]:
     """Use the Ray this process is already connected to, else join ``address``, else start a local one.
 
+    ``init_kwargs`` go to ``ray.init`` as they are (e.g. :meth:`mtl_ray.ray.logs.RayLogging.init_kwargs`).
     Yields True when this call started or joined Ray (and shuts it down on exit), False when Ray was
     already initialised by the caller (a test fixture, a notebook), which then owns its lifetime.
     """
@@ -119,11 +122,12 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
+            **(init_kwargs or {}),
         )
     else:
         check_reachable(address)
         try:
-            ray.init(address=address)
+            ray.init(address=address, **(init_kwargs or {}))
         except ConnectionError as exc:
             raise MtlRayError(f"cannot connect to Ray at {address!r}: {exc}") from None
     try:

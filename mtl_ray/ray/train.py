@@ -26,6 +26,7 @@ from typing import Any
 
 from mtl_ray.config import Config, config_from_dict, config_to_dict, dump_config
 from mtl_ray.errors import MtlRayError
+from mtl_ray.ray.storage import RunFolder, check_writable
 from mtl_ray.training.driver import (
     FAULT_RANK_ENV,
     FAULT_STEP_ENV,
@@ -80,6 +81,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         train_streams=streams,
     )
     restored_from = _restore(trainer, cfg, config.get("resume_from"))
+    run = _run_folder(config, cfg)  # cfg.train.output_dir is run.local
+    if rank == 0:
+        run.pull("metrics.jsonl")  # a restart on another node continues the run's own log (URI storage)
     recorder = open_recorder(Path(cfg.train.output_dir), trainer.step) if rank == 0 else None
     if rank == 0 and restored_from:
         print(f"resumed at step {trainer.step} from {restored_from}", flush=True)
@@ -97,17 +101,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             recorder.log(metrics)
             print(format_log_line(metrics, cfg.train.max_steps), flush=True)
 
-    on_eval = EvalCheckpointer(
+    checkpointer = EvalCheckpointer(
         cfg, trainer, setup.tokenizer, writer=rank == 0, recorder=recorder, publish=report_to_ray_train
     )
+
+    def on_eval(step: int, per_task: dict[str, dict[str, float]], aggregate: float) -> None:
+        checkpointer(step, per_task, aggregate)
+        if recorder is not None:  # a URI storage gets the run's files after every evaluation
+            run.push()
+
     start = time.perf_counter()
     fit(trainer, on_step=on_step, on_log=on_log, on_eval=on_eval)
     train_seconds = time.perf_counter() - start
     results = test_results(trainer, setup.data)  # every rank scores its share; gathered on all ranks
     digests = dist_utils.gather_objects(param_digest(trainer.model))
+    node_ids = dist_utils.gather_objects(ray.get_runtime_context().get_node_id())  # where each rank ran
     if recorder is None:
         return None
     recorder.close()
+    run.push()
     return {
         "steps": trainer.step,
         "examples_seen": trainer.examples_seen,
@@ -117,7 +129,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         **results,
         "history": recorder.history,
         "rank_param_digests": digests,
+        "rank_node_ids": node_ids,
     }
+
+
+def _run_folder(config: dict[str, Any], cfg: Config) -> RunFolder:
+    """The run's folder from the driver; a caller without one (a Tune trial) writes to its output_dir."""
+    if config.get("run"):
+        return RunFolder.from_dict(config["run"])
+    out = Path(cfg.train.output_dir)
+    return RunFolder.create(str(out.parent), out.name)
 
 
 def _quiet_ray_train_reports() -> None:
@@ -219,14 +240,19 @@ def run_ray_training(
     storage_path: str | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` with Ray Train (joins ``address`` / ``ray.address`` / ``$RAY_ADDRESS``, else starts a
-    local Ray). Writes metrics.jsonl, TensorBoard, training_curves.png and summary.json to
-    ``train.output_dir`` and returns the summary (``best_checkpoint`` is the best by ``val/aggregate``)."""
+    local Ray). Writes config.yaml, metrics.jsonl, TensorBoard, training_curves.png, summary.json and the
+    checkpoints to one run folder, ``<storage>/<run name>`` (``summary["output_dir"]``; see
+    :mod:`mtl_ray.ray.storage`), and returns the summary (``best_checkpoint`` is the best by ``val/aggregate``)."""
     from mtl_ray.ray.session import ResourceRequest, check_resources, ray_session, resolve_address
     from mtl_ray.training.run import write_run_outputs
 
     cfg = absolute_paths(cfg)
-    out = Path(cfg.train.output_dir)
     storage = storage_location(cfg, storage_path)
+    check_writable(storage)  # before Ray starts: a typo'd bucket or read-only mount fails in seconds
+    # every output of the run (metrics, TensorBoard, curves, summary, config, checkpoints) in one folder
+    run = RunFolder.create(storage, run_name(cfg))
+    cfg = _with_output_dir(cfg, run.local)
+    out = Path(run.local)
     if resume_from is not None:
         resume_from = resume_from if is_uri(resume_from) else str(Path(resume_from).expanduser().resolve())
         precheck_resume(resume_from, cfg)
@@ -244,9 +270,11 @@ def run_ray_training(
         prepare_assets(cfg)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        run.push()
+        print(f"run folder: {run.location}", flush=True)
         streamed = _plan_streaming(cfg)
         check_task_data(cfg, skip=set(streamed))
-        trainer = _build_trainer(cfg, storage, resume_from, fault, streamed)
+        trainer = _build_trainer(cfg, storage, resume_from, fault, streamed, run)
         started = time.time()
         result = _fit(trainer)
         wall = time.time() - started
@@ -259,11 +287,12 @@ def run_ray_training(
         print(f"warning: ranks ended with different weights (digests {digests})", file=sys.stderr)
     first = value.get("first_step_unix")
     summary = {
-        "output_dir": str(out),
+        "output_dir": run.location,
         "steps": value.get("steps"),
         "train_seconds": value.get("train_seconds"),
         "wall_seconds": wall,
         "time_to_first_step_s": (first - started) if first else None,
+        "first_step_unix": first,  # the last attempt's first step (after a restart: the resumed one)
         "examples_seen": value.get("examples_seen"),
         "num_workers": cfg.ray.num_workers,
         "global_batch_size": cfg.train.batch_size * cfg.ray.num_workers * cfg.train.grad_accum_steps,
@@ -272,11 +301,25 @@ def run_ray_training(
         "ray_run_path": result.path,
         "restored_from": value.get("restored_from"),
         "rank_param_digests": digests,
+        "rank_node_ids": value.get("rank_node_ids", []),
         "test": value.get("test", {}),
         "test_aggregate": value.get("test_aggregate"),
         "majority_baseline": value.get("majority_baseline", {}),
     }
-    return write_run_outputs(out, summary, value.get("history", []))
+    write_run_outputs(out, summary, value.get("history", []))
+    run.push()
+    return summary
+
+
+def run_name(cfg: Config) -> str:
+    """``<output_dir name>-<date>-<time>-<6 hex>``: Ray Train's run name, the run folder's name."""
+    return f"{Path(cfg.train.output_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _with_output_dir(cfg: Config, output_dir: str) -> Config:
+    d = config_to_dict(cfg)
+    d["train"]["output_dir"] = output_dir
+    return config_from_dict(d)
 
 
 def _plan_streaming(cfg: Config) -> dict[str, Any]:
@@ -327,7 +370,10 @@ def build_torch_trainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=per_worker
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+            resources_per_worker=per_worker,
+            placement_strategy=cfg.ray.placement_strategy,
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -347,9 +393,13 @@ def build_torch_trainer(
 
 
 def _build_trainer(
-    cfg: Config, storage: str, resume_from: str | None, fault: dict[str, Any] | None, streamed: dict[str, Any]
+    cfg: Config,
+    storage: str,
+    resume_from: str | None,
+    fault: dict[str, Any] | None,
+    streamed: dict[str, Any],
+    run: RunFolder,
 ) -> Any:
-    out = Path(cfg.train.output_dir)
     stream_info = {
         t.name: {"key": t.key, "num_examples": t.num_examples, "label_names": t.label_names, "eval_ref": t.eval_ref}
         for t in streamed.values()
@@ -361,13 +411,14 @@ def _build_trainer(
         data_kwargs = {"datasets": {t.key: t.dataset for t in streamed.values()}, "dataset_config": data_config(cfg)}
     return build_torch_trainer(
         cfg,
-        name=f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+        name=run.location.rstrip("/").rsplit("/", 1)[-1],
         storage=storage,
         loop_config={
             "config": config_to_dict(cfg),
             "resume_from": resume_from,
             "fault": fault,
             "streamed": stream_info,
+            "run": run.to_dict(),
         },
         num_to_keep=cfg.ray.num_to_keep,
         max_failures=cfg.ray.max_failures,

@@ -43,6 +43,17 @@ class DeploymentOptions(_Strict):
     num_cpus: float = Field(0.25, ge=0)  # logical CPUs reserved per replica; torch threads = max(1, round(num_cpus))
     num_gpus: float = Field(0.0, ge=0)  # GPUs per replica; > 0 puts the replica's model on CUDA
     max_ongoing_requests: int = Field(16, ge=1)  # concurrent requests a replica accepts (caps @serve.batch size)
+    # custom Ray resources per replica: {"encoder_node": 0.01} places replicas only on nodes started with
+    # that resource (`ray start --resources '{"encoder_node": 1}'`), e.g. the encoder on the GPU nodes
+    resources: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("resources")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {name: amount for name, amount in v.items() if amount <= 0}
+        if bad:
+            raise ValueError(f"amounts must be > 0, got {bad}")
+        return v
 
     @model_validator(mode="after")
     def _bounds(self) -> DeploymentOptions:
@@ -55,6 +66,8 @@ class DeploymentOptions(_Strict):
         actor: dict[str, Any] = {"num_cpus": self.num_cpus}
         if self.num_gpus:
             actor["num_gpus"] = self.num_gpus
+        if self.resources:
+            actor["resources"] = dict(self.resources)
         return {
             "max_ongoing_requests": self.max_ongoing_requests,
             "autoscaling_config": {

@@ -6,7 +6,11 @@ Checks: a training job succeeds and leaves a verified checkpoint; a deploy job p
 cluster, exits, and the app keeps answering (equal to the Predictor's answers); a bad config and a
 tampered checkpoint fail their jobs with one `error:` line and no traceback.
 
-The head runs with token auth off (local test only) and is stopped by SIGTERM to its own
+The head runs on Ray's defaults, token auth on; the clients set the one extra thing docs/cluster.md
+tells users to set (`RAY_AUTH_MODE=token`). The `ray job submit` commands of the train and deploy
+jobs are read from docs/cluster.md and run as written (only `$A`, `$PY`, `$CFG`, `$RUNS`, `$CKPT` and
+`$PORT` are this test's). The token lives in the test's temp dir (`RAY_AUTH_TOKEN_PATH`), so the
+user's `~/.ray/auth_token` is neither read nor written. The head is stopped by SIGTERM to its own
 `ray start --block` process — never `ray stop`, which would kill every Ray process on the machine.
 """
 
@@ -15,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -24,6 +30,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from string import Template
 
 import httpx
 import pytest
@@ -39,10 +46,27 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PYTHON = str(BIN / "python")
-RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-# the head's SIGTERM drain waits up to 30 s for idle worker leases; a throwaway test head needs none
-HEAD_ENV = {**RAY_ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+DOC = REPO / "docs" / "cluster.md"
+DOC_MARK = "<!-- tests/integration/test_jobs.py runs the `ray job submit` commands of the next block -->"
+# Ray's defaults: no auth setting of the caller's leaks in; RAY_AUTH_MODE=token is added per process
+BASE_ENV = {
+    **{k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")},
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
 TEXTS = ["good great fun film", "the worst boring plot"]
+
+
+def doc_commands() -> dict[str, list[str]]:
+    """docs/cluster.md's `ray job submit` commands (the block after ``DOC_MARK``) as argv, by submission id."""
+    text = DOC.read_text(encoding="utf-8")
+    assert DOC_MARK in text, f"{DOC}: the marked Ray Jobs block is gone"
+    block = text.split(DOC_MARK, 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = {}
+    for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+        argv = shlex.split(line, comments=True)
+        if argv[:3] == ["ray", "job", "submit"]:
+            commands[argv[argv.index("--submission-id") + 1]] = argv
+    return commands
 
 
 def free_port() -> int:
@@ -52,29 +76,36 @@ def free_port() -> int:
 
 
 class Head:
-    def __init__(self, dashboard: str, gcs: str) -> None:
+    def __init__(self, dashboard: str, gcs: str, env: dict[str, str]) -> None:
         self.dashboard = dashboard
         self.gcs = gcs
+        self.env = env  # a client's environment: Ray's defaults + RAY_AUTH_MODE=token (+ the test's token path)
 
-    def ray(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def ray(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(BIN / "ray"), *args], capture_output=True, text=True, timeout=timeout, env=RAY_ENV, cwd=REPO
+            [str(BIN / "ray"), *args], capture_output=True, text=True, timeout=timeout, env=env or self.env, cwd=REPO
         )
 
-    def submit(self, script: str, *args: str, timeout: float = 420) -> tuple[str, subprocess.CompletedProcess]:
+    def _submit(self, job_id: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
         # The job API answers before the head's dashboard agent has registered; until it has, a submit is
         # refused with "No available agent" (and no job is created), so that one is retried.
         deadline = time.monotonic() + 90
         while True:
-            job_id = f"test-{Path(script).stem}-{uuid.uuid4().hex[:8]}"
-            proc = self.ray(
-                "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO), "--submission-id", job_id,
-                "--", PYTHON, script, *args,
-                timeout=timeout,
-            )  # fmt: skip
+            proc = self.ray(*argv, timeout=timeout)
             if "No available agent" not in proc.stderr or time.monotonic() > deadline:
-                return job_id, proc
+                return proc
             time.sleep(2)
+
+    def submit(self, script: str, *args: str, timeout: float = 420) -> tuple[str, subprocess.CompletedProcess]:
+        job_id = f"test-{Path(script).stem}-{uuid.uuid4().hex[:8]}"
+        argv = ["job", "submit", "--address", self.dashboard, "--working-dir", str(REPO), "--submission-id", job_id,
+                "--", PYTHON, script, *args]  # fmt: skip
+        return job_id, self._submit(job_id, argv, timeout)
+
+    def submit_as_documented(self, job_id: str, timeout: float = 420, **values: str) -> subprocess.CompletedProcess:
+        """Run docs/cluster.md's command for ``job_id`` from the repo root (its ``--working-dir .``)."""
+        argv = [Template(arg).substitute(A=self.dashboard, PY=PYTHON, **values) for arg in doc_commands()[job_id]]
+        return self._submit(job_id, argv[1:], timeout)
 
     def status(self, job_id: str) -> str:
         proc = self.ray("job", "status", "--address", self.dashboard, job_id)
@@ -101,6 +132,12 @@ def head():
         ("--metrics-export-port", free_port()),
     ]
     temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # short: unix socket paths are limited
+    # what `ray get-auth-token --generate` writes to ~/.ray/auth_token, kept private to this test
+    token = Path(temp_dir) / "auth_token"
+    token.write_text(secrets.token_hex(32), encoding="utf-8")
+    client_env = {**BASE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    # the head's SIGTERM drain waits up to 30 s for idle worker leases; a throwaway test head needs none
+    head_env = {**client_env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     log = open(Path(temp_dir) / "head.log", "w")
     proc = subprocess.Popen(
         [
@@ -110,9 +147,9 @@ def head():
             "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
             *(str(x) for pair in agent_ports for x in pair),
         ],
-        env=HEAD_ENV, stdout=log, stderr=subprocess.STDOUT, cwd=temp_dir,
+        env=head_env, stdout=log, stderr=subprocess.STDOUT, cwd=temp_dir,
     )  # fmt: skip
-    h = Head(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs_port}")
+    h = Head(f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs_port}", client_env)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -161,11 +198,34 @@ def _explain(job_id: str, proc: subprocess.CompletedProcess, head: Head) -> str:
 def trained(head, workspace):
     root = workspace[0]
     config = write_config(workspace, "train")
-    job_id, proc = head.submit("jobs/train.py", "--config", str(config), "--storage-path", str(root / "ray-results"))
+    job_id = "doc-train"
+    proc = head.submit_as_documented(job_id, CFG=str(config), RUNS=str(root / "ray-results"))
     assert proc.returncode == 0, _explain(job_id, proc, head)
     assert head.status(job_id) == "SUCCEEDED", _explain(job_id, proc, head)
-    summary = json.loads((root / "train" / "out" / "summary.json").read_text())
-    return summary
+    m = re.search(r"^run folder: +(\S+)$", head.logs(job_id), re.M)
+    assert m, _explain(job_id, proc, head)
+    return json.loads((Path(m.group(1)) / "summary.json").read_text())
+
+
+def test_submit_without_token_mode_is_refused(head):
+    """The failure docs/cluster.md's one extra step avoids: Ray's CLI does not send the token by itself."""
+    env = {k: v for k, v in head.env.items() if k != "RAY_AUTH_MODE"}
+    proc = head.ray("job", "list", "--address", head.dashboard, env=env)
+    assert proc.returncode != 0
+    assert "authentication token" in (proc.stdout + proc.stderr).lower(), proc.stderr[-2000:]
+
+
+def test_train_job_keeps_every_output_in_the_run_folder(workspace, trained):
+    root = workspace[0]
+    run = Path(trained["output_dir"])
+    assert run.parent == root / "ray-results" and "_ray_pkg_" not in str(run)
+    assert {"metrics.jsonl", "summary.json", "training_curves.png", "config.yaml", "tensorboard"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert Path(trained["best_checkpoint"]).parent == run
+    steps = [json.loads(line).get("step") for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == [2, 4]
+    assert not (root / "train" / "out" / "metrics.jsonl").exists()  # train.output_dir is not where a Ray run writes
 
 
 def test_train_then_deploy_job_serves_the_checkpoint(head, trained):
@@ -175,7 +235,8 @@ def test_train_then_deploy_job_serves_the_checkpoint(head, trained):
     verify_checkpoint(best)
 
     port = free_port()
-    job_id, proc = head.submit("jobs/deploy.py", "--checkpoint", best, "--port", str(port), "--app-name", "jobs-test")
+    job_id = "doc-deploy"
+    proc = head.submit_as_documented(job_id, CKPT=best, PORT=str(port))
     assert proc.returncode == 0, _explain(job_id, proc, head)
     assert head.status(job_id) == "SUCCEEDED", _explain(job_id, proc, head)
     assert f"serving at http://127.0.0.1:{port}/v1/predict" in head.logs(job_id)
@@ -200,7 +261,7 @@ def test_train_then_deploy_job_serves_the_checkpoint(head, trained):
     finally:
         shut = subprocess.run(
             [str(BIN / "serve"), "shutdown", "-y", "-a", head.dashboard],
-            capture_output=True, text=True, timeout=120, env=RAY_ENV,
+            capture_output=True, text=True, timeout=120, env=head.env,
         )  # fmt: skip
         assert shut.returncode == 0, shut.stderr[-2000:]
 

@@ -137,7 +137,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(reference_run, tmp_path
     monkeypatch.setenv(FAULT_STEP_ENV, "5")  # rank 1 is SIGKILLed right after step 5, once
     faulty = run_ray_training(config_from_dict(d))
 
-    assert list((tmp_path / "faulty").glob(".fault-injected-step-5-rank-1")), "the fault never fired"
+    assert list(Path(faulty["output_dir"]).glob(".fault-injected-step-5-rank-1")), "the fault never fired"
     assert faulty["restored_from"].endswith("step-0000003")
     assert faulty["rank_param_digests"] == summary["rank_param_digests"]  # bit-identical to no failure
     ref, got = final_state(summary), final_state(faulty)

@@ -1,0 +1,75 @@
+"""The run folder in ``storage_path`` (local path or a pyarrow URI) and the write check before training,
+without Ray: ``file://`` URIs go through pyarrow's filesystem layer exactly as ``s3://`` would."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+
+import pytest
+
+from mtl_ray.errors import StorageError
+from mtl_ray.ray.storage import RunFolder, check_writable
+
+
+@pytest.fixture(autouse=True)
+def _staging_in_tmp(monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node-tmp"))
+
+
+def test_local_storage_is_written_in_place(tmp_path):
+    run = RunFolder.create(str(tmp_path / "store"), "smoke-20261201-120000-abcdef")
+    assert run.location == run.local == str(tmp_path / "store" / "smoke-20261201-120000-abcdef")
+    assert not run.remote
+    assert RunFolder.from_dict(run.to_dict()) == run
+    run.push()  # nothing to do
+    run.pull("metrics.jsonl")
+
+
+def test_uri_storage_stages_locally_and_pushes_all_but_checkpoints(tmp_path):
+    store = tmp_path / "bucket"
+    run = RunFolder.create(f"file://{store}", "smoke-1")
+    assert run.remote and run.location == f"file://{store}/smoke-1"
+    assert run.local == str(tmp_path / "node-tmp" / "mtl-ray-runs" / "smoke-1")
+    local = tmp_path / "node-tmp" / "mtl-ray-runs" / "smoke-1"
+    (local / "tensorboard").mkdir(parents=True)
+    (local / "tensorboard" / "events.out").write_bytes(b"\x00\x01")
+    (local / "metrics.jsonl").write_text(json.dumps({"step": 2}) + "\n")
+    (local / "step-0000002").mkdir()
+    (local / "step-0000002" / "model.safetensors").write_bytes(b"w")
+    run.push()
+    remote = store / "smoke-1"
+    assert sorted(p.relative_to(remote).as_posix() for p in remote.rglob("*") if p.is_file()) == [
+        "metrics.jsonl",
+        "tensorboard/events.out",
+    ]
+    assert (remote / "tensorboard" / "events.out").read_bytes() == b"\x00\x01"
+    # a restart on a node without the staging folder gets the run's metrics log back
+    (local / "metrics.jsonl").unlink()
+    run.pull("metrics.jsonl", "absent.json")
+    assert json.loads((local / "metrics.jsonl").read_text()) == {"step": 2}
+    assert not (local / "absent.json").exists()
+
+
+def test_writable_storage_passes_and_leaves_no_probe(tmp_path):
+    check_writable(str(tmp_path / "new" / "store"))
+    assert list((tmp_path / "new" / "store").iterdir()) == []
+    check_writable(f"file://{tmp_path / 'uri-store'}")
+    assert list((tmp_path / "uri-store").iterdir()) == []
+
+
+def test_unwritable_storage_fails_naming_the_path(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match=rf"storage_path '{blocker}/store' is not writable \(Not a directory\)"):
+        check_writable(str(blocker / "store"))
+    with pytest.raises(StorageError, match=rf"storage_path 'file://{blocker}/store' is not reachable or not writable"):
+        check_writable(f"file://{blocker}/store")
+
+
+def test_unknown_uri_scheme_fails_naming_it():
+    with pytest.raises(
+        StorageError,
+        match=r"storage_path 'nosuch://bucket/runs' is not reachable: pyarrow's filesystems cannot open it \(Unrecognized filesystem type",
+    ):
+        check_writable("nosuch://bucket/runs")
