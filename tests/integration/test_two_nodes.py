@@ -30,7 +30,7 @@ from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.config import config_from_dict, config_to_dict
 from mtl_ray.ray.local_cluster import committed_checkpoints, free_port, two_node_cluster
 from mtl_ray.ray.train import run_ray_training
-from mtl_ray.training.loop import MultiTaskTrainer
+from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.run import setup_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -78,7 +78,7 @@ def test_spread_run_puts_one_worker_per_node_and_equals_one_process(two_nodes, s
     d = config_to_dict(cfg)
     single = config_from_dict({**d, "train": {**d["train"], "batch_size": 16}})
     setup = setup_run(single)
-    trainer = MultiTaskTrainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
+    trainer = build_trainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
     for _ in range(STEPS):
         trainer.train_step()
     run = Path(summary["output_dir"])
