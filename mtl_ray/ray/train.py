@@ -81,11 +81,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         train_streams=streams,
     )
     restored_from = _restore(trainer, cfg, config.get("resume_from"))
-    # cfg.train.output_dir is run.local; a caller without a run folder (a Tune trial) writes there only
-    run = RunFolder.from_dict(
-        config.get("run")
-        or RunFolder.create(str(Path(cfg.train.output_dir).parent), Path(cfg.train.output_dir).name).to_dict()
-    )
+    run = _run_folder(config, cfg)  # cfg.train.output_dir is run.local
     if rank == 0:
         run.pull("metrics.jsonl")  # a restart on another node continues the run's own log (URI storage)
     recorder = open_recorder(Path(cfg.train.output_dir), trainer.step) if rank == 0 else None
@@ -111,9 +107,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     def on_eval(step: int, per_task: dict[str, dict[str, float]], aggregate: float) -> None:
         checkpointer(step, per_task, aggregate)
-        if recorder is not None:
-            recorder.flush()
-            run.push()  # the run folder in storage_path holds the log as it grows
+        if recorder is not None:  # a URI storage gets the run's files after every evaluation
+            run.push()
 
     start = time.perf_counter()
     fit(trainer, on_step=on_step, on_log=on_log, on_eval=on_eval)
@@ -136,6 +131,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         "rank_param_digests": digests,
         "rank_node_ids": node_ids,
     }
+
+
+def _run_folder(config: dict[str, Any], cfg: Config) -> RunFolder:
+    """The run's folder from the driver; a caller without one (a Tune trial) writes to its output_dir."""
+    if config.get("run"):
+        return RunFolder.from_dict(config["run"])
+    out = Path(cfg.train.output_dir)
+    return RunFolder.create(str(out.parent), out.name)
 
 
 def _quiet_ray_train_reports() -> None:
@@ -237,8 +240,9 @@ def run_ray_training(
     storage_path: str | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` with Ray Train (joins ``address`` / ``ray.address`` / ``$RAY_ADDRESS``, else starts a
-    local Ray). Writes metrics.jsonl, TensorBoard, training_curves.png and summary.json to
-    ``train.output_dir`` and returns the summary (``best_checkpoint`` is the best by ``val/aggregate``)."""
+    local Ray). Writes config.yaml, metrics.jsonl, TensorBoard, training_curves.png, summary.json and the
+    checkpoints to one run folder, ``<storage>/<run name>`` (``summary["output_dir"]``; see
+    :mod:`mtl_ray.ray.storage`), and returns the summary (``best_checkpoint`` is the best by ``val/aggregate``)."""
     from mtl_ray.ray.session import ResourceRequest, check_resources, ray_session, resolve_address
     from mtl_ray.training.run import write_run_outputs
 
@@ -396,7 +400,6 @@ def _build_trainer(
     streamed: dict[str, Any],
     run: RunFolder,
 ) -> Any:
-    name = run.location.rstrip("/").rsplit("/", 1)[-1]
     stream_info = {
         t.name: {"key": t.key, "num_examples": t.num_examples, "label_names": t.label_names, "eval_ref": t.eval_ref}
         for t in streamed.values()
@@ -408,7 +411,7 @@ def _build_trainer(
         data_kwargs = {"datasets": {t.key: t.dataset for t in streamed.values()}, "dataset_config": data_config(cfg)}
     return build_torch_trainer(
         cfg,
-        name=name,
+        name=run.location.rstrip("/").rsplit("/", 1)[-1],
         storage=storage,
         loop_config={
             "config": config_to_dict(cfg),
