@@ -89,6 +89,9 @@ class ModelConfig:
     pooling: str = "mean"  # "mean" over non-padding tokens, or "cls"
     head_dropout: float = 0.1  # dropout before each task head
     contrastive_temperature: float = DEFAULT_TEMPERATURE  # SimCSE softmax temperature (Gao et al. 2021)
+    # a checkpoint whose shared weights (embeddings + layers 1..k) replace the pretrained ones at build
+    # time; its encoder, sharing depth and pooling must equal this config's (mtl_ray/training/frozen.py)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -124,8 +127,16 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast when on CUDA (ignored on CPU)
     output_dir: str = "runs/default"  # where checkpoints, metrics and plots go
     num_threads: int | None = None  # torch intra-op threads; None -> torch default
+    # freeze embeddings + layers 1..k (requires_grad False, not in the optimizer; run in eval mode):
+    # only the tasks' layers k+1..L and heads train, the shared weights stay bit-identical
+    freeze_shared: bool = False
+    # frozen trunk only: cache its outputs per training example ("auto": in memory up to 1 GiB, else a
+    # numpy memmap on disk; "memory"; "disk"; "off": run the trunk on every step)
+    trunk_cache: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.trunk_cache not in ("auto", "memory", "disk", "off"):
+            raise ConfigError(f"train.trunk_cache: unknown {self.trunk_cache!r}; valid: auto, memory, disk, off")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"train.sampler: unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
         if self.weighting not in WEIGHTINGS:

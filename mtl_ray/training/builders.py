@@ -17,6 +17,7 @@ from mtl_ray.device import resolve_device
 from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec
+from mtl_ray.training.frozen import FrozenTrunk, load_shared_from
 from mtl_ray.training.loop import MultiTaskTrainer, RowStream
 from mtl_ray.training.optim import build_optimizer, build_scheduler
 from mtl_ray.training.samplers import build_sampler
@@ -71,6 +72,8 @@ def build_model(cfg: Config, specs: dict[str, TaskSpec]) -> tuple[MultiTaskModel
         head_dropout=cfg.model.head_dropout,
         contrastive_temperature=cfg.model.contrastive_temperature,
     )
+    if cfg.model.init_from:  # shared weights from a trained checkpoint (training/frozen.py)
+        load_shared_from(model, cfg.model.init_from, cfg.model.pooling)
     return model, tokenizer
 
 
@@ -101,6 +104,10 @@ def build_trainer(
     device = torch.device(device) if device is not None else resolve_device(tcfg.device)
     model = model.to(device)
     weighting = build_weighting(tcfg.weighting, {t: data[t].spec.loss_weight for t in sizes}, tcfg).to(device)
+    # train.freeze_shared: the trunk leaves the optimizer, its outputs are cached (training/frozen.py)
+    frozen = (
+        FrozenTrunk.for_training(cfg, model, {t: data[t] for t in sizes if t in data}) if tcfg.freeze_shared else None
+    )
     optimizer = build_optimizer(model, weighting, tcfg)
     return MultiTaskTrainer(
         tcfg,
@@ -111,6 +118,7 @@ def build_trainer(
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, tcfg),
         sampler=build_sampler(tcfg.sampler, sizes, tcfg, tcfg.seed),
+        frozen=frozen,
         device=device,
         train_streams=streams,
     )

@@ -33,6 +33,7 @@ from mtl_ray.device import resolve_device
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.training import distributed as dist_utils
 from mtl_ray.training.evaluation import evaluate_model, rows
+from mtl_ray.training.frozen import FrozenTrunk
 from mtl_ray.training.metrics import aggregate_score
 from mtl_ray.training.samplers import TaskSampler
 from mtl_ray.training.streams import TaskStream
@@ -69,6 +70,7 @@ class MultiTaskTrainer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         sampler: TaskSampler,
+        frozen: FrozenTrunk | None = None,
         device: torch.device | str | None = None,
         train_streams: Mapping[str, RowStream] | None = None,
     ) -> None:
@@ -91,6 +93,7 @@ class MultiTaskTrainer:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.sampler = sampler
+        self.frozen = frozen  # train.freeze_shared: the trunk's (cached) outputs feed the towers
         self.streams: dict[str, TaskStream | RowStream] = {
             t: self.external.get(t) or TaskStream(t, sizes[t], self.tcfg.seed, self.rank, self.world_size)
             for t in self.train_tasks
@@ -138,7 +141,7 @@ class MultiTaskTrainer:
             examples = self._next_examples(task)
             batch = self._to_device(collate(examples, self.pad_token_id))
             with self._autocast():
-                task_loss = self.model.loss(task, batch)
+                task_loss = self.model.loss(task, batch) if self.frozen is None else self.frozen.loss(task, batch)
             total = self.weighting.combine({task: task_loss.float()}) / accum
             total.backward()
             losses[task].append(float(task_loss.detach()))
