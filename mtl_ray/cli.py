@@ -26,6 +26,9 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+HEAD_HELP = "a task's head from another checkpoint (e.g. add-task's OUT/best), replacing or adding it (repeatable)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtl-ray",
@@ -53,10 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar (--no-ray)")
 
+    at = sub.add_parser(
+        "add-task",
+        help="train new task(s) on a checkpoint's frozen trunk; OUT/best is a head Serve can hot-add (docs/add_task.md)",
+    )
+    at.add_argument("--checkpoint", required=True, help="the base checkpoint (its encoder, k and pooling are used)")
+    _add_config_args(at)
+    at.add_argument("--output", "-o", required=True, help="run directory; the head checkpoint goes to OUT/best")
+    at.add_argument("--replace", action="store_true", help="train a new head for a task the base already has")
+    at.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
+    at.add_argument("--address", default=None, help="Ray cluster to join (default: ray.address, $RAY_ADDRESS)")
+    at.add_argument("--no-progress", action="store_true", help="no progress bar (--no-ray)")
+
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a split of its tasks' data")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--split", default="test", choices=["train", "validation", "test"])
     ev.add_argument("--json", action="store_true", help="print metrics as JSON")
+    ev.add_argument("--head", action="append", default=None, metavar="TASK=PATH", help=HEAD_HELP)
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the checkpoint's config (data.*)")
 
     pr = sub.add_parser("predict", help="predict with a checkpoint")
@@ -66,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", default=None, help="JSONL file: {'text': ...} or {'text': ..., 'text_pair': ...}")
     pr.add_argument("--tasks", default=None, help="comma-separated task names (default: all applicable)")
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--head", action="append", default=None, metavar="TASK=PATH", help=HEAD_HELP)
 
     sv = sub.add_parser(
         "serve",
@@ -141,11 +158,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_task(args: argparse.Namespace) -> int:
+    from mtl_ray.add_task import add_task
+
+    summary = add_task(
+        args.checkpoint,
+        args.config,
+        args.output,
+        overrides=args.overrides,
+        replace=args.replace,
+        use_ray=not args.no_ray,
+        address=args.address,
+        progress=not args.no_progress,
+    )
+    print(f"\nhead checkpoint: {summary['head_checkpoint']}")
+    print(f"serve it with:   mtl-ray serve build --checkpoint {args.checkpoint} ", end="")
+    print(
+        " ".join(f"--set heads.{t}.checkpoint={summary['head_checkpoint']}" for t in summary["added_tasks"])
+        + " -o FILE"
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from mtl_ray.added_heads import parse_head_args
     from mtl_ray.evaluate import evaluate_checkpoint
     from mtl_ray.training.metrics import format_table
 
-    report = evaluate_checkpoint(args.checkpoint, args.split, args.overrides)
+    report = evaluate_checkpoint(args.checkpoint, args.split, args.overrides, heads=parse_head_args(args.head))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -187,7 +227,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not texts and not pairs:
         raise MtlRayError("nothing to predict: give --text, --pair or --input")
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    from mtl_ray.added_heads import parse_head_args
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, heads=parse_head_args(args.head))
     result: dict[str, Any] = {}
     if texts:
         text_tasks = [t for t in tasks if not predictor.specs[t].is_pair] if tasks and pairs else tasks
@@ -302,6 +344,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 COMMANDS = {
     "serve": cmd_serve,
     "train": cmd_train,
+    "add-task": cmd_add_task,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "demo": cmd_demo,

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
+from mtl_ray.added_heads import with_heads
 from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.data.tokenize import collate
 from mtl_ray.device import resolve_device
@@ -33,8 +34,12 @@ class Predictor:
         self.batch_size = batch_size
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", batch_size: int = 32) -> Predictor:
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", batch_size: int = 32, heads: dict[str, str | Path] | None = None
+    ) -> Predictor:
+        """``heads``: ``{task: head checkpoint}`` replacing or adding tasks (``mtl_ray/added_heads.py``)."""
         ckpt = load_checkpoint(path, verify=True, load_training_state=False)
+        ckpt = with_heads(ckpt, heads or {})
         model, _ = model_from_checkpoint(ckpt)
         tokenizer = AutoTokenizer.from_pretrained(str(ckpt.tokenizer_dir), trust_remote_code=False)
         return cls(model, tokenizer, resolve_device(device), batch_size)

@@ -58,6 +58,8 @@ def absolute_paths(cfg: Config) -> Config:
         src = task["source"]
         if not src.startswith("builtin:") and not is_uri(src) and Path(src).expanduser().exists():
             task["source"] = str(Path(src).expanduser().resolve())
+    if d["model"].get("init_from") and not is_uri(d["model"]["init_from"]):
+        d["model"]["init_from"] = str(Path(d["model"]["init_from"]).expanduser().resolve())
     enc = d["model"]["encoder"]
     if not enc.startswith("builtin:") and Path(enc).expanduser().exists():
         d["model"]["encoder"] = str(Path(enc).expanduser().resolve())
