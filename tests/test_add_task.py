@@ -1,0 +1,267 @@
+"""`mtl-ray add-task --no-ray`: a new task trained on a base checkpoint's frozen trunk; the result
+merged back with `--head` (Predictor, eval) equals the head checkpoint's own answers, the base's
+other tasks are untouched bit for bit, and every bad input is one clear error with nothing written."""
+
+import csv
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mtl_ray.add_task import add_task
+from mtl_ray.checkpoint import load_meta, verify_checkpoint
+from mtl_ray.cli import main
+from mtl_ray.config import config_from_dict
+from mtl_ray.evaluate import evaluate_checkpoint
+from mtl_ray.predictor import Predictor
+from mtl_ray.serving.parts import read_checkpoint_info, shared_fingerprint
+from mtl_ray.training.run import train
+from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, tiny_config_dict, write_tiny_tasks
+
+TEXTS = ["good fun film", "the worst boring plot", "news about the team"]
+TRAIN = {"max_steps": 12, "batch_size": 8, "lr": 3e-3, "eval_every": 6, "log_every": 6, "device": "cpu"}
+
+
+def write_tone_csv(path: Path, n: int = 120, seed: int = 5) -> Path:
+    """A new task (3 classes: pos / neg / flat) the base never saw."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["body", "tone"])
+        for i in range(n):
+            kind = ("pos", "neg", "flat")[i % 3]
+            words = rng.sample(NEUTRAL, 4) + ([rng.choice(POSITIVE)] if kind == "pos" else [])
+            words += [rng.choice(NEGATIVE)] if kind == "neg" else []
+            rng.shuffle(words)
+            w.writerow([" ".join(words) + f" {i}", kind])
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(tiny_encoder_dir, tmp_path_factory):
+    """A trained base (sentiment, score, match) at k = L, with its run and data files."""
+    root = tmp_path_factory.mktemp("add-task")
+    files = write_tiny_tasks(root / "data")
+    d = tiny_config_dict(tiny_encoder_dir, files, root / "base", max_steps=6)
+    summary = train(config_from_dict(d), progress=False)
+    tone = write_tone_csv(root / "data" / "tone.csv")
+    return {"root": root, "ckpt": Path(summary["best_checkpoint"]), "tone": tone, "files": files}
+
+
+def task_yaml(path: Path, tasks: dict, **sections) -> Path:
+    path.write_text(yaml.safe_dump({"tasks": tasks, "train": dict(TRAIN), **sections}))
+    return path
+
+
+def tone_task(base) -> dict:
+    return {
+        "tone": {"type": "classification", "source": str(base["tone"]), "text_field": "body", "label_field": "tone"}
+    }
+
+
+def test_add_task_trains_a_head_that_merges_back_onto_the_base(base, tmp_path):
+    cfg = task_yaml(tmp_path / "tone.yaml", tone_task(base), data={"cache_dir": str(tmp_path / "cache")})
+    summary = add_task(base["ckpt"], cfg, tmp_path / "run", use_ray=False, progress=False)
+    head = Path(summary["head_checkpoint"])
+    assert head == (tmp_path / "run" / "best").absolute()
+    verify_checkpoint(head)  # an ordinary verified checkpoint ...
+    meta = load_meta(head)
+    assert list(meta["specs"]) == ["tone"] and meta["config"]["model"]["init_from"] == str(base["ckpt"].absolute())
+    assert meta["config"]["train"]["freeze_shared"] is True
+    # ... whose shared weights are the base's, as Serve's check computes it
+    assert shared_fingerprint(read_checkpoint_info(head)) == shared_fingerprint(read_checkpoint_info(base["ckpt"]))
+    assert summary["test"]["tone"]["accuracy"] > 0.34  # learned something beyond chance (3 balanced classes)
+
+    merged = Predictor.from_checkpoint(base["ckpt"], device="cpu", heads={"tone": head})
+    alone = Predictor.from_checkpoint(head, device="cpu")
+    plain = Predictor.from_checkpoint(base["ckpt"], device="cpu")
+    got = merged.predict(texts=TEXTS)
+    assert sorted(got) == ["score", "sentiment", "tone"]
+    for a, b in zip(got["tone"], alone.predict(texts=TEXTS)["tone"]):
+        assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+    base_answers = plain.predict(texts=TEXTS)
+    assert {t: got[t] for t in base_answers} == base_answers  # the other tasks bit for bit
+
+    report = evaluate_checkpoint(base["ckpt"], "test", heads={"tone": str(head)})
+    assert sorted(report.metrics) == ["match", "score", "sentiment", "tone"]
+    assert report.metrics["tone"] == pytest.approx(summary["test"]["tone"], abs=1e-6)
+
+
+def test_cli_add_task_then_predict_and_eval_with_head(base, tmp_path, capsys):
+    cfg = task_yaml(tmp_path / "tone.yaml", tone_task(base), data={"cache_dir": str(tmp_path / "cache")})
+    out = tmp_path / "cli-run"
+    args = ["add-task", "--checkpoint", str(base["ckpt"]), "--config", str(cfg), "-o", str(out), "--no-ray"]
+    assert main([*args, "--no-progress", "train.max_steps=6"]) == 0
+    printed = capsys.readouterr().out
+    assert f"--set heads.tone.checkpoint={(out / 'best').absolute()}" in printed
+    head = f"tone={out / 'best'}"
+    assert (
+        main(["predict", "--checkpoint", str(base["ckpt"]), "--head", head, "--text", "good", "--device", "cpu"]) == 0
+    )
+    assert '"tone"' in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(base["ckpt"]), "--head", head, "--json"]) == 0
+    assert '"tone"' in capsys.readouterr().out
+
+
+def test_replace_trains_a_new_head_for_an_existing_task(base, tmp_path):
+    sentiment = tiny_config_dict(Path("unused"), base["files"], tmp_path)["tasks"]["sentiment"]
+    cfg = task_yaml(tmp_path / "s.yaml", {"sentiment": sentiment}, data={"cache_dir": str(tmp_path / "cache")})
+    with pytest.raises(Exception, match="already has a task 'sentiment'; pass --replace"):
+        add_task(base["ckpt"], cfg, tmp_path / "run", use_ray=False, progress=False)
+    assert not (tmp_path / "run").exists()
+    summary = add_task(base["ckpt"], cfg, tmp_path / "run", replace=True, use_ray=False, progress=False)
+    merged = Predictor.from_checkpoint(base["ckpt"], device="cpu", heads={"sentiment": summary["head_checkpoint"]})
+    plain = Predictor.from_checkpoint(base["ckpt"], device="cpu")
+    new, old = merged.predict(texts=TEXTS), plain.predict(texts=TEXTS)
+    assert new["score"] == old["score"] and new["sentiment"] != old["sentiment"]
+
+
+def cli_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+BAD_YAML = [
+    ({"model": {"sharing_depth": 2}}, "model.sharing_depth: comes from the base checkpoint"),
+    ({"model": {"encoder": "builtin:all-MiniLM-L6-v2"}}, "model.encoder: comes from the base checkpoint"),
+    ({"model": {"pooling": "cls"}}, "model.pooling: comes from the base checkpoint"),
+    ({"train": {**TRAIN, "freeze_shared": False}}, "train.freeze_shared: add-task always trains on the frozen trunk"),
+    ({"tune": {}}, "tune: not allowed in"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_YAML)
+def test_a_yaml_that_sets_what_the_base_owns_is_refused(base, tmp_path, capsys, extra, message):
+    cfg = task_yaml(tmp_path / "bad.yaml", tone_task(base), **extra)
+    out = tmp_path / "run"
+    err = cli_error(capsys, ["add-task", "--checkpoint", str(base["ckpt"]), "-c", str(cfg), "-o", str(out), "--no-ray"])
+    assert message in err and not out.exists()
+
+
+def test_bad_base_and_bad_task_data_are_refused(base, tmp_path, capsys):
+    cfg = task_yaml(tmp_path / "tone.yaml", tone_task(base), data={"cache_dir": str(tmp_path / "cache")})
+    run = ["-c", str(cfg), "-o", str(tmp_path / "run"), "--no-ray"]
+    err = cli_error(capsys, ["add-task", "--checkpoint", str(tmp_path / "nope"), *run])
+    assert "no checkpoint directory there" in err
+    tampered = Path(shutil.copytree(base["ckpt"], tmp_path / "tampered"))
+    weights = bytearray((tampered / "model.safetensors").read_bytes())
+    weights[-3] ^= 0xFF
+    (tampered / "model.safetensors").write_bytes(bytes(weights))
+    err = cli_error(capsys, ["add-task", "--checkpoint", str(tampered), *run])
+    assert "model.safetensors: sha256 mismatch" in err and "the checkpoint was modified or truncated" in err
+    # a task whose data lacks the column, or has a label outside its declared classes
+    no_column = {"tone": {**tone_task(base)["tone"], "text_field": "text"}}
+    err = cli_error(
+        capsys,
+        [
+            "add-task",
+            "--checkpoint",
+            str(base["ckpt"]),
+            *run[:0],
+            "-c",
+            str(task_yaml(tmp_path / "c.yaml", no_column)),
+            "-o",
+            str(tmp_path / "run"),
+            "--no-ray",
+        ],
+    )
+    assert "missing column 'text' (set by tasks.tone.text_field)" in err
+    bad_label = {"tone": {**tone_task(base)["tone"], "label_names": ["pos", "neg"]}}
+    err = cli_error(
+        capsys,
+        [
+            "add-task",
+            "--checkpoint",
+            str(base["ckpt"]),
+            "-c",
+            str(task_yaml(tmp_path / "l.yaml", bad_label)),
+            "-o",
+            str(tmp_path / "run"),
+            "--no-ray",
+        ],
+    )
+    assert "label 'flat' is not in label_names (pos, neg)" in err and "tone.csv: row" in err
+    assert not (tmp_path / "run" / "best").exists()
+
+
+def test_a_contrastive_task_on_a_k_equals_L_base_is_refused(base, tmp_path, capsys):
+    unsup = {"unsup": {"type": "contrastive", "source": str(base["tone"]), "text_field": "body"}}
+    cfg = task_yaml(tmp_path / "u.yaml", unsup)
+    err = cli_error(
+        capsys,
+        [
+            "add-task",
+            "--checkpoint",
+            str(base["ckpt"]),
+            "-c",
+            str(cfg),
+            "-o",
+            str(tmp_path / "run"),
+            "--no-ray",
+            "--no-progress",
+        ],
+    )
+    assert "tasks.unsup: a contrastive task at sharing depth k = L (4) has no weights of its own" in err
+
+
+def test_an_interrupted_add_task_leaves_no_checkpoint_that_looks_complete(base, tmp_path, monkeypatch):
+    cfg = task_yaml(tmp_path / "tone.yaml", tone_task(base), data={"cache_dir": str(tmp_path / "cache")})
+    out = tmp_path / "run"
+    add_task(base["ckpt"], cfg, out, use_ray=False, progress=False, overrides=["train.max_steps=6"])
+    assert (out / "best" / "manifest.json").is_file()  # a previous run's export ...
+
+    import mtl_ray.training.loop as loop
+
+    real_step = loop.MultiTaskTrainer.train_step
+
+    def step_then_die(self):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(loop.MultiTaskTrainer, "train_step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        add_task(base["ckpt"], cfg, out, use_ray=False, progress=False)
+    assert not (out / "best").exists()  # ... is gone once a new run starts; nothing replaced it
+    monkeypatch.setattr(loop.MultiTaskTrainer, "train_step", real_step)
+
+    import mtl_ray.checkpoint as checkpoint
+
+    def die_while_writing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "_install", die_while_writing)  # killed during the export
+    with pytest.raises(KeyboardInterrupt):
+        add_task(base["ckpt"], cfg, out, use_ray=False, progress=False, overrides=["train.max_steps=6"])
+    assert not (out / "best").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_the_head_equals_the_base_trunk_at_k_below_L(tiny_encoder_dir, tmp_path):
+    files = write_tiny_tasks(tmp_path / "data")
+    d = tiny_config_dict(tiny_encoder_dir, files, tmp_path / "base", max_steps=3)
+    d["model"]["sharing_depth"] = 2
+    base_ckpt = Path(train(config_from_dict(d), progress=False)["best_checkpoint"])
+    tone = write_tone_csv(tmp_path / "tone.csv")
+    task = {"tone": {"type": "classification", "source": str(tone), "text_field": "body", "label_field": "tone"}}
+    cfg = task_yaml(tmp_path / "t.yaml", task, data={"cache_dir": str(tmp_path / "cache")})
+    head = Path(add_task(base_ckpt, cfg, tmp_path / "run", use_ray=False, progress=False)["head_checkpoint"])
+    assert shared_fingerprint(read_checkpoint_info(head)) == shared_fingerprint(read_checkpoint_info(base_ckpt))
+    merged = Predictor.from_checkpoint(base_ckpt, device="cpu", heads={"tone": head})
+    alone = Predictor.from_checkpoint(head, device="cpu")
+    with torch.no_grad():
+        a = merged.predict(texts=TEXTS, tasks=["tone"])["tone"]
+        b = alone.predict(texts=TEXTS, tasks=["tone"])["tone"]
+    assert [x["label"] for x in a] == [x["label"] for x in b]
+    assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-5)
+
+
+def test_a_head_from_another_trunk_is_refused_by_head(base, tmp_path):
+    d = tiny_config_dict(Path(load_meta(base["ckpt"])["config"]["model"]["encoder"]), base["files"], tmp_path / "o")
+    d["train"].update(max_steps=2, eval_every=2)
+    other = Path(train(config_from_dict(d), progress=False)["best_checkpoint"])  # its own trunk, trained apart
+    with pytest.raises(Exception, match="different shared encoder weights"):
+        Predictor.from_checkpoint(base["ckpt"], device="cpu", heads={"sentiment": other})
