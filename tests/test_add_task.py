@@ -15,6 +15,7 @@ from mtl_ray.add_task import add_task
 from mtl_ray.checkpoint import load_meta, verify_checkpoint
 from mtl_ray.cli import main
 from mtl_ray.config import config_from_dict
+from mtl_ray.errors import CheckpointError
 from mtl_ray.evaluate import evaluate_checkpoint
 from mtl_ray.predictor import Predictor
 from mtl_ray.serving.parts import read_checkpoint_info, shared_fingerprint
@@ -265,3 +266,29 @@ def test_a_head_from_another_trunk_is_refused_by_head(base, tmp_path):
     other = Path(train(config_from_dict(d), progress=False)["best_checkpoint"])  # its own trunk, trained apart
     with pytest.raises(Exception, match="different shared encoder weights"):
         Predictor.from_checkpoint(base["ckpt"], device="cpu", heads={"sentiment": other})
+
+
+def test_head_arguments_and_replace_checks(base, tmp_path):
+    from mtl_ray.added_heads import parse_head_args
+    from mtl_ray.errors import ConfigError
+
+    assert parse_head_args(["a=x/best", " b = y "]) == {"a": "x/best", "b": "y"}
+    with pytest.raises(ConfigError, match="--head 'a': expected TASK=PATH"):
+        parse_head_args(["a"])
+    with pytest.raises(ConfigError, match="--head a: given twice"):
+        parse_head_args(["a=x", "a=y"])
+    with pytest.raises(CheckpointError, match="that checkpoint has no task 'tone'; it has: match, score, sentiment"):
+        Predictor.from_checkpoint(base["ckpt"], device="cpu", heads={"tone": base["ckpt"]})
+    with pytest.raises(ConfigError, match="tasks.score.type: 'classification', the base's 'score' has 'regression'"):
+        add_task(
+            base["ckpt"],
+            task_yaml(tmp_path / "s.yaml", {"score": tone_task(base)["tone"]}),
+            tmp_path / "r",
+            replace=True,
+            use_ray=False,
+        )
+    with pytest.raises(ConfigError, match="--replace, but .* has no task 'tone' to replace"):
+        add_task(
+            base["ckpt"], task_yaml(tmp_path / "t.yaml", tone_task(base)), tmp_path / "r", replace=True, use_ray=False
+        )
+    assert not (tmp_path / "r").exists()
