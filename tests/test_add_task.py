@@ -292,3 +292,14 @@ def test_head_arguments_and_replace_checks(base, tmp_path):
             base["ckpt"], task_yaml(tmp_path / "t.yaml", tone_task(base)), tmp_path / "r", replace=True, use_ray=False
         )
     assert not (tmp_path / "r").exists()
+
+
+def test_the_job_entrypoint_reports_a_bad_base_in_one_line(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("add_task_job", Path(__file__).parents[1] / "jobs" / "add_task.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    cfg = task_yaml(tmp_path / "t.yaml", {"t": {"source": "x.csv"}})
+    assert job.main(["--checkpoint", str(tmp_path / "nope"), "-c", str(cfg), "-o", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no checkpoint directory there"
