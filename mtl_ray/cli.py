@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train new task(s) on a checkpoint's frozen trunk; OUT/best is a head Serve can hot-add (docs/add_task.md)",
     )
     at.add_argument("--checkpoint", required=True, help="the base checkpoint (its encoder, k and pooling are used)")
-    _add_config_args(at)
+    at.add_argument("--config", "-c", required=True, help="YAML with only the new task(s) and training options")
+    at.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. train.max_steps=200")
     at.add_argument("--output", "-o", required=True, help="run directory; the head checkpoint goes to OUT/best")
     at.add_argument("--replace", action="store_true", help="train a new head for a task the base already has")
     at.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
