@@ -9,7 +9,7 @@ from helpers import tiny_config_dict
 
 from mtl_ray.config import config_from_dict
 from mtl_ray.errors import CheckpointError, ConfigError
-from mtl_ray.serving.parts import read_checkpoint_info, shared_fingerprint
+from mtl_ray.serving.checkpoint_info import read_checkpoint_info, shared_fingerprint
 from mtl_ray.testing import make_tiny_encoder
 from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.checkpointing import save_training_checkpoint
