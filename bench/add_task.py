@@ -250,7 +250,7 @@ def cmd_cache(work: Path, depths: tuple[int, ...] = DEPTHS, epochs: int = 3) -> 
     import torch
 
     from mtl_ray.add_task import add_task_config
-    from mtl_ray.training.loop import MultiTaskTrainer
+    from mtl_ray.training.builders import build_trainer
     from mtl_ray.training.run import setup_run
 
     torch.set_num_threads(2)
@@ -266,7 +266,7 @@ def cmd_cache(work: Path, depths: tuple[int, ...] = DEPTHS, epochs: int = 3) -> 
                 base_checkpoint(work, k), {"tasks": new_task(work), "train": opts}, work / f"cache-{mode}"
             )
             setup = setup_run(cfg)
-            trainers[mode] = MultiTaskTrainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id)
+            trainers[mode] = build_trainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id)
         steps = -(-trainers["off"].data[NEW].size("train") // ADD_TRAIN["batch_size"])  # one epoch
         times: dict[str, list[float]] = {"memory": [], "off": []}
         for _ in range(epochs):
