@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mtl_ray.checkpoint import MANIFEST_FILE, load_checkpoint, load_meta, save_checkpoint, verify_checkpoint
-from mtl_ray.config import Config, apply_overrides, config_from_dict, read_yaml_mapping
+from mtl_ray.config import Config, config_from_dict
 from mtl_ray.errors import CheckpointError, ConfigError
+from mtl_ray.overrides import apply_overrides, read_yaml_mapping
 
 FROM_BASE = ("encoder", "sharing_depth", "pooling", "contrastive_temperature", "init_from")
 SECTIONS = ("tasks", "train", "data", "ray", "model")

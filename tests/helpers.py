@@ -85,3 +85,18 @@ def tiny_config_dict(encoder_dir: Path, files: dict[str, Path], out_dir: Path, *
         },
         "data": {"cache_dir": str(out_dir / "cache")},
     }
+
+
+def write_tone_csv(path: Path, n: int = 120, seed: int = 5) -> Path:
+    """A new task (3 classes: pos / neg / flat) the base never saw."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["body", "tone"])
+        for i in range(n):
+            kind = ("pos", "neg", "flat")[i % 3]
+            words = rng.sample(NEUTRAL, 4) + ([rng.choice(POSITIVE)] if kind == "pos" else [])
+            words += [rng.choice(NEGATIVE)] if kind == "neg" else []
+            rng.shuffle(words)
+            w.writerow([" ".join(words) + f" {i}", kind])
+    return path

@@ -2,15 +2,13 @@
 merged back with `--head` (Predictor, eval) equals the head checkpoint's own answers, the base's
 other tasks are untouched bit for bit, and every bad input is one clear error with nothing written."""
 
-import csv
-import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import NEGATIVE, NEUTRAL, POSITIVE, tiny_config_dict, write_tiny_tasks
+from helpers import tiny_config_dict, write_tiny_tasks, write_tone_csv
 
 from mtl_ray.add_task import add_task
 from mtl_ray.checkpoint import load_meta, verify_checkpoint
@@ -19,26 +17,11 @@ from mtl_ray.config import config_from_dict
 from mtl_ray.errors import CheckpointError
 from mtl_ray.evaluate import evaluate_checkpoint
 from mtl_ray.predictor import Predictor
-from mtl_ray.serving.parts import read_checkpoint_info, shared_fingerprint
+from mtl_ray.serving.checkpoint_info import read_checkpoint_info, shared_fingerprint
 from mtl_ray.training.run import train
 
 TEXTS = ["good fun film", "the worst boring plot", "news about the team"]
 TRAIN = {"max_steps": 12, "batch_size": 8, "lr": 3e-3, "eval_every": 6, "log_every": 6, "device": "cpu"}
-
-
-def write_tone_csv(path: Path, n: int = 120, seed: int = 5) -> Path:
-    """A new task (3 classes: pos / neg / flat) the base never saw."""
-    rng = random.Random(seed)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["body", "tone"])
-        for i in range(n):
-            kind = ("pos", "neg", "flat")[i % 3]
-            words = rng.sample(NEUTRAL, 4) + ([rng.choice(POSITIVE)] if kind == "pos" else [])
-            words += [rng.choice(NEGATIVE)] if kind == "neg" else []
-            rng.shuffle(words)
-            w.writerow([" ".join(words) + f" {i}", kind])
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +260,7 @@ def test_head_arguments_and_replace_checks(base, tmp_path):
         parse_head_args(["a"])
     with pytest.raises(ConfigError, match="--head a: given twice"):
         parse_head_args(["a=x", "a=y"])
-    with pytest.raises(CheckpointError, match="that checkpoint has no task 'tone'; it has: match, score, sentiment"):
+    with pytest.raises(CheckpointError, match="has no task 'tone'; it has: match, score, sentiment"):
         Predictor.from_checkpoint(base["ckpt"], device="cpu", heads={"tone": base["ckpt"]})
     with pytest.raises(ConfigError, match="tasks.score.type: 'classification', the base's 'score' has 'regression'"):
         add_task(

@@ -17,7 +17,7 @@ from mtl_ray.device import resolve_device
 from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec
-from mtl_ray.training.frozen import FrozenTrunk
+from mtl_ray.training.frozen import FrozenTrunk, load_shared_from
 from mtl_ray.training.loop import MultiTaskTrainer, RowStream
 from mtl_ray.training.optim import build_optimizer, build_scheduler
 from mtl_ray.training.samplers import build_sampler
@@ -73,8 +73,6 @@ def build_model(cfg: Config, specs: dict[str, TaskSpec]) -> tuple[MultiTaskModel
         contrastive_temperature=cfg.model.contrastive_temperature,
     )
     if cfg.model.init_from:  # shared weights from a trained checkpoint (training/frozen.py)
-        from mtl_ray.training.frozen import load_shared_from
-
         load_shared_from(model, cfg.model.init_from, cfg.model.pooling)
     return model, tokenizer
 
@@ -106,10 +104,10 @@ def build_trainer(
     device = torch.device(device) if device is not None else resolve_device(tcfg.device)
     model = model.to(device)
     weighting = build_weighting(tcfg.weighting, {t: data[t].spec.loss_weight for t in sizes}, tcfg).to(device)
-    # train.freeze_shared: the trunk leaves the optimizer and its outputs are cached (training/frozen.py);
-    # it must be frozen before the optimizer collects the trainable parameters
-    trained = {t: data[t] for t in sizes if t in data}
-    frozen = FrozenTrunk.for_training(cfg, model, trained) if tcfg.freeze_shared else None
+    # train.freeze_shared: the trunk leaves the optimizer, its outputs are cached (training/frozen.py)
+    frozen = (
+        FrozenTrunk.for_training(cfg, model, {t: data[t] for t in sizes if t in data}) if tcfg.freeze_shared else None
+    )
     optimizer = build_optimizer(model, weighting, tcfg)
     return MultiTaskTrainer(
         tcfg,

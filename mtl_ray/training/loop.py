@@ -95,7 +95,7 @@ class MultiTaskTrainer:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.sampler = sampler
-        self.frozen = frozen
+        self.frozen = frozen  # train.freeze_shared: the trunk's (cached) outputs feed the towers
         self.streams: dict[str, TaskStream | RowStream] = {
             t: self.external.get(t) or TaskStream(t, sizes[t], self.tcfg.seed, self.rank, self.world_size)
             for t in self.train_tasks

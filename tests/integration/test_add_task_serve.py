@@ -25,14 +25,13 @@ import yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-from helpers import tiny_config_dict, write_tiny_tasks  # noqa: E402
+from helpers import tiny_config_dict, write_tiny_tasks, write_tone_csv  # noqa: E402
+from test_serve import free_port, replica_info, serve_run, wait_for_app  # noqa: E402
 
 from mtl_ray.cli import main  # noqa: E402
 from mtl_ray.config import config_from_dict  # noqa: E402
 from mtl_ray.predictor import Predictor  # noqa: E402
 from mtl_ray.training.run import train  # noqa: E402
-from tests.integration.test_serve import free_port, replica_info, serve_run, wait_for_app  # noqa: E402
-from tests.test_add_task import write_tone_csv  # noqa: E402
 
 TEXTS = ["the movie was good", "bad", "a great film with a happy actor and a boring plot", "news", "sport"]
 CLIENTS = 3

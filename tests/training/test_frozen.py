@@ -9,7 +9,7 @@ from helpers import tiny_config_dict
 
 from mtl_ray.config import config_from_dict
 from mtl_ray.errors import CheckpointError, ConfigError
-from mtl_ray.serving.parts import read_checkpoint_info, shared_fingerprint
+from mtl_ray.serving.checkpoint_info import read_checkpoint_info, shared_fingerprint
 from mtl_ray.testing import make_tiny_encoder
 from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.checkpointing import save_training_checkpoint
@@ -82,13 +82,11 @@ def test_cached_training_equals_uncached_and_a_hand_frozen_reference(cfg_of, k):
             assert all(c.on_disk for c in trainer.frozen.caches.values())
     # reference: the ordinary trainer with the trunk's parameters frozen by hand (dropout is off, so
     # the trunk in train mode computes what the frozen trunk computes in eval mode)
-    reference, _ = trainer_of(cfg_of(k, tasks=("sentiment", "score")))
-    for p in reference.model.shared.parameters():
+    ref_cfg = cfg_of(k, tasks=("sentiment", "score"))
+    setup = setup_run(ref_cfg)
+    for p in setup.model.shared.parameters():
         p.requires_grad_(False)
-    from mtl_ray.training.optim import build_optimizer, build_scheduler
-
-    reference.optimizer = build_optimizer(reference.model, reference.weighting, reference.tcfg)
-    reference.scheduler = build_scheduler(reference.optimizer, reference.tcfg)
+    reference = build_trainer(ref_cfg, setup.model, setup.data, setup.tokenizer.pad_token_id)
     for _ in range(steps):
         reference.train_step()
     results["reference"] = params(reference)
