@@ -24,6 +24,7 @@ from typing import Any
 
 from ray import serve
 from ray.exceptions import RayActorError
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from mtl_ray.serving.checkpoint_info import read_checkpoint_info
@@ -225,7 +226,14 @@ class HandleBackend:
     async def predict(self, task: str, pending: DeploymentResponse) -> list[dict[str, Any]]:
         # One hop: Serve hands the head the encoder's result by object reference; the head reads the
         # arrays straight from the object store and this ingress never holds them.
-        return await self.heads[task].predict.remote(pending)
+        try:
+            return await self.heads[task].predict.remote(pending)
+        except RayServeException as exc:
+            # The encoder died before its result was computed: Serve wraps Ray's ActorDiedError ("an
+            # upstream actor died"); re-raise that, so the gateway retries the encoder as a dead replica.
+            if isinstance(exc.__cause__, RayActorError):
+                raise exc.__cause__ from None
+            raise
 
     async def spec(self, task: str) -> dict[str, Any]:
         return await self.heads[task].spec.remote()
