@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mtl_ray.checkpoint import LoadedCheckpoint, load_checkpoint
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.errors import CheckpointError, ConfigError
 from mtl_ray.model.multitask import HEADS_PREFIX, SHARED_PREFIX, TASK_LAYERS_PREFIX
 
@@ -46,7 +47,9 @@ def _pooling(meta: Mapping) -> str:
     return meta.get("config", {}).get("model", {}).get("pooling", "mean")
 
 
-def with_heads(base: LoadedCheckpoint, heads: Mapping[str, str | Path]) -> LoadedCheckpoint:
+def with_heads(
+    base: LoadedCheckpoint, heads: Mapping[str, str | Path], keys: CheckpointKeys | None = None
+) -> LoadedCheckpoint:
     """``base`` with each ``task``'s tower taken from ``heads[task]`` (replacing or adding the task)."""
     if not heads:
         return base
@@ -54,7 +57,7 @@ def with_heads(base: LoadedCheckpoint, heads: Mapping[str, str | Path]) -> Loade
     meta = copy.deepcopy(base.meta)
     base_fingerprint = _fingerprint(state)
     for task, path in heads.items():
-        head = load_checkpoint(path, load_training_state=False)  # verified against its manifest
+        head = load_checkpoint(path, load_training_state=False, keys=keys)  # verified (and signature-checked)
         if task not in head.meta.get("specs", {}):
             have = ", ".join(sorted(head.meta.get("specs", {})))
             raise CheckpointError(f"--head {task}={path}: that checkpoint has no task {task!r}; it has: {have}")

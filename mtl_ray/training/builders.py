@@ -73,9 +73,10 @@ def build_model(cfg: Config, specs: dict[str, TaskSpec]) -> tuple[MultiTaskModel
         contrastive_temperature=cfg.model.contrastive_temperature,
     )
     if cfg.model.init_from:  # shared weights from a trained checkpoint (training/frozen.py)
+        from mtl_ray.crypto import CheckpointKeys
         from mtl_ray.training.frozen import load_shared_from
 
-        load_shared_from(model, cfg.model.init_from, cfg.model.pooling)
+        load_shared_from(model, cfg.model.init_from, cfg.model.pooling, CheckpointKeys.from_config(cfg.checkpoint))
     return model, tokenizer
 
 
