@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from serving_helpers import TEXTS, assert_predictions_close
-from transformers import AutoTokenizer
 
 from mtl_ray import crypto, signing
 from mtl_ray.checkpoint_rewrite import rewrite_checkpoint
@@ -18,7 +17,9 @@ from mtl_ray.errors import CheckpointError
 from mtl_ray.predictor import Predictor
 from mtl_ray.serving.config import serve_config_from_dict
 from mtl_ray.serving.gateway import Gateway, LocalBackend, ParsedRequest
+from mtl_ray.serving.lean_head import LeanHead
 from mtl_ray.serving.parts import EncoderPart, HeadPart, read_checkpoint_info
+from mtl_ray.serving.text_tokenizer import CheckpointTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,9 @@ def test_parts_on_an_encrypted_signed_checkpoint_equal_the_predictor(secure, ckp
     keys = secure["keys"]
     info = read_checkpoint_info(secure["main"], keys=keys)
     encoder = EncoderPart.from_checkpoint(secure["main"], keys=keys)
-    heads = {t: HeadPart.from_checkpoint(secure["main"], t, keys=keys) for t in info.specs}
-    gateway = Gateway(info.specs, AutoTokenizer.from_pretrained(str(info.tokenizer_dir)), LocalBackend(encoder, heads))
+    # k = L: numpy heads, as the head replicas run them (weights decrypted in memory, no torch)
+    heads = {t: LeanHead.from_checkpoint(secure["main"], t, keys=keys) for t in info.specs}
+    gateway = Gateway(info.specs, CheckpointTokenizer.from_dir(info.tokenizer_dir), LocalBackend(encoder, heads))
     got = asyncio.run(gateway.predict(ParsedRequest(TEXTS, False, ["sentiment", "score"])))["predictions"]
     ref = Predictor.from_checkpoint(ckpt_dir, device="cpu").predict(texts=TEXTS, tasks=["sentiment", "score"])
     assert_predictions_close(got, ref)
