@@ -36,17 +36,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--app-name", default="mtl", help="Serve application name")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /healthz")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, set by Ray Jobs)")
+    p.add_argument("--ssl-certfile", default=None, help="HTTPS: PEM certificate for Serve's proxy (with --ssl-keyfile)")
+    p.add_argument("--ssl-keyfile", default=None, help="HTTPS: PEM private key of that certificate")
     return p.parse_args(argv)
 
 
-def wait_healthy(url: str, timeout_s: float) -> None:
+def wait_healthy(url: str, timeout_s: float, verify: str | bool = True) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(url, timeout=5)
+            r = httpx.get(url, timeout=5, verify=verify)
             if r.status_code == 200:
                 return
             last = f"HTTP {r.status_code}"
@@ -60,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_job_interpreter(__file__)  # a bare `python` without the deps: say why, no traceback
-        from mtl_ray.ray.serve.app import build_app
+        from mtl_ray.ray.serve.app import build_app, https_options
         from mtl_ray.serving.config import load_serve_config, read_api_key
 
         cfg = load_serve_config(args.config, args.set, checkpoint=args.checkpoint)
         read_api_key(cfg.auth)  # auth configured but no key: fail here, not in a replica
         app = build_app(cfg)  # verifies the checkpoint (manifest, sizes, sha256) before Ray is touched
+        tls = https_options(args.ssl_certfile, args.ssl_keyfile)
 
         import ray
         from ray import serve
@@ -74,13 +77,15 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.perf_counter()
         ray.init(address=resolve_address(args.address) or "auto", log_to_driver=False)
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": args.host, "port": args.port, **tls})
         try:
             serve.run(app, name=args.app_name, route_prefix="/", blocking=False)
         except RuntimeError as exc:  # the deploy failed in a replica: Serve's message says why
             raise MtlRayError(f"deploy of app {args.app_name!r} failed: {str(exc).strip().splitlines()[-1]}") from None
-        base = f"http://{args.host}:{args.port}"
-        wait_healthy(f"{base}/healthz", args.timeout)
+        base = f"{'https' if tls else 'http'}://{args.host}:{args.port}"
+        # a liveness probe of our own proxy (no data sent): the certificate may be self-signed or chain to
+        # a CA this pod does not hold, so it is not checked here; clients check it
+        wait_healthy(f"{base}/healthz", args.timeout, verify=not tls)
     except MtlRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

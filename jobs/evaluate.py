@@ -29,13 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--output", default=None, help="write the metrics JSON here (local path or fsspec URI)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the checkpoint's config (data.*)")
+    from mtl_ray.checkpoint_cli import add_key_args, keys_from_args
+
+    add_key_args(p)  # --key-env / --key-file (encrypted checkpoints), --public-key (refuse unsigned ones)
     args = p.parse_args(argv)
     try:
         check_job_interpreter(__file__)  # a bare `python` without the deps: say why, no traceback
         from mtl_ray.evaluate import evaluate_checkpoint
         from mtl_ray.training.metrics import format_table
 
-        report = evaluate_checkpoint(args.checkpoint, args.split, args.overrides)
+        report = evaluate_checkpoint(args.checkpoint, args.split, args.overrides, keys=keys_from_args(args))
     except MtlRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

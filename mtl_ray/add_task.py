@@ -20,6 +20,7 @@ from typing import Any
 
 from mtl_ray.checkpoint import MANIFEST_FILE, load_checkpoint, load_meta, save_checkpoint, verify_checkpoint
 from mtl_ray.config import Config, config_from_dict
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.errors import CheckpointError, ConfigError
 from mtl_ray.overrides import apply_overrides, read_yaml_mapping
 
@@ -98,21 +99,22 @@ def _check_names(tasks: dict[str, Any], base_specs: dict[str, Any], replace: boo
                 )
 
 
-def export_head(best: str | Path, base: str | Path, out: str | Path) -> Path:
+def export_head(best: str | Path, base: str | Path, out: str | Path, keys: CheckpointKeys | None = None) -> Path:
     """Copy the run's best checkpoint to ``out`` without its training state (atomically), after
-    checking its shared weights are the base's (the fingerprint Serve compares)."""
+    checking its shared weights are the base's (the fingerprint Serve compares). ``keys``: the run's
+    (``checkpoint.*``): the export is encrypted / signed as the run's checkpoints are."""
     from transformers import AutoTokenizer
 
     from mtl_ray.serving.checkpoint_info import read_checkpoint_info, shared_fingerprint
 
-    ckpt = load_checkpoint(best, load_training_state=False)
-    got = shared_fingerprint(read_checkpoint_info(ckpt.path))
-    want = shared_fingerprint(read_checkpoint_info(base, verify=False))
+    ckpt = load_checkpoint(best, load_training_state=False, keys=keys)
+    got = shared_fingerprint(read_checkpoint_info(ckpt.path, keys=keys))
+    want = shared_fingerprint(read_checkpoint_info(base, verify=False, keys=keys))
     if got != want:
         raise CheckpointError(f"{best}: shared weights differ from {base}'s (fingerprints {got[:12]} != {want[:12]})")
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt.tokenizer_dir)) if ckpt.tokenizer_dir else None
     meta = {**ckpt.meta, "added_to": {"base": str(Path(base).absolute()), "shared_fingerprint": want}}
-    return save_checkpoint(out, model_state=ckpt.model_state, meta=meta, tokenizer=tokenizer)
+    return save_checkpoint(out, model_state=ckpt.model_state, meta=meta, tokenizer=tokenizer, keys=keys)
 
 
 def add_task(
@@ -147,5 +149,6 @@ def add_task(
     if not summary.get("best_checkpoint"):
         raise CheckpointError(f"{out}: the run reported no checkpoint")
     summary["added_tasks"] = sorted(cfg.tasks)
-    summary["head_checkpoint"] = str(export_head(summary["best_checkpoint"], cfg.model.init_from, export))
+    keys = CheckpointKeys.from_config(cfg.checkpoint)
+    summary["head_checkpoint"] = str(export_head(summary["best_checkpoint"], cfg.model.init_from, export, keys))
     return summary

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mtl_ray.checkpoint import LoadedCheckpoint, load_checkpoint
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.errors import CheckpointError, ConfigError
 from mtl_ray.model.multitask import HEADS_PREFIX, TASK_LAYERS_PREFIX
 from mtl_ray.serving.checkpoint_info import read_checkpoint_info
@@ -35,19 +36,21 @@ def parse_head_args(values: Sequence[str] | None) -> dict[str, str]:
     return heads
 
 
-def with_heads(base: LoadedCheckpoint, heads: Mapping[str, str | Path]) -> LoadedCheckpoint:
+def with_heads(
+    base: LoadedCheckpoint, heads: Mapping[str, str | Path], keys: CheckpointKeys | None = None
+) -> LoadedCheckpoint:
     """``base`` with each ``task``'s tower taken from ``heads[task]`` (replacing or adding the task)."""
     if not heads:
         return base
     state = dict(base.model_state)
     meta = copy.deepcopy(base.meta)
     for task, path in heads.items():
-        info = read_checkpoint_info(path)  # verified against its manifest
+        info = read_checkpoint_info(path, keys=keys)  # verified against its manifest (and signature)
         try:  # the checks a Serve head replica makes before it takes a head
             check_head_checkpoint(info, task, reference=base.path)
         except CheckpointError as exc:
             raise CheckpointError(f"--head {task}={path}: {exc}") from None
-        head = load_checkpoint(path, verify=False, load_training_state=False)
+        head = load_checkpoint(path, verify=False, load_training_state=False, keys=keys)
         mine = (f"{TASK_LAYERS_PREFIX}{task}.", f"{HEADS_PREFIX}{task}.")
         state = {k: v for k, v in state.items() if not k.startswith(mine)}
         state.update({k: v for k, v in head.model_state.items() if k.startswith(mine)})

@@ -1,6 +1,6 @@
 """``mtl-ray`` command line (also ``python -m mtl_ray``): ``data prepare``, ``train``, ``eval``,
-``predict``, ``serve`` (and ``serve build``), ``tune``, ``demo``, ``doctor``. ``mtl-ray COMMAND --help``
-describes each.
+``predict``, ``serve`` (and ``serve build``), ``tune``, ``demo``, ``doctor``, ``checkpoint`` (keygen, sign,
+verify, encrypt, decrypt, rekey: :mod:`mtl_ray.checkpoint_cli`). ``mtl-ray COMMAND --help`` describes each.
 
 Errors that are the user's to fix (config, data, checkpoint) print one ``error:`` line and exit 2.
 This module imports no Ray: the commands that need it import :mod:`mtl_ray.ray` when they run.
@@ -13,9 +13,11 @@ import importlib.metadata
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import mtl_ray
+from mtl_ray.checkpoint_cli import add_checkpoint_parser, add_key_args, cmd_checkpoint, keys_from_args
 from mtl_ray.errors import MtlRayError
 
 
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "validation", "test"])
     ev.add_argument("--json", action="store_true", help="print metrics as JSON")
     ev.add_argument("--head", action="append", default=None, metavar="TASK=PATH", help=HEAD_HELP)
+    add_key_args(ev)
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the checkpoint's config (data.*)")
 
     pr = sub.add_parser("predict", help="predict with a checkpoint")
@@ -93,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tasks", default=None, help="comma-separated task names (default: all applicable)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--head", action="append", default=None, metavar="TASK=PATH", help=HEAD_HELP)
+    add_key_args(pr)
 
     sv = sub.add_parser(
         "serve",
@@ -114,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
     sv.add_argument("--output", "-o", default=None, help="build: where to write the config (default: stdout)")
     _add_verbose_arg(sv)
+    add_key_args(sv)
+    sv.add_argument("--ssl-certfile", default=None, help="HTTPS: PEM certificate (chain) for Serve's proxy")
+    sv.add_argument("--ssl-keyfile", default=None, help="HTTPS: PEM private key of that certificate")
 
     tn = sub.add_parser(
         "tune",
@@ -136,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose_arg(demo)
 
     sub.add_parser("doctor", help="versions, devices and which assets are cached")
+    add_checkpoint_parser(sub)
     return parser
 
 
@@ -197,7 +205,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mtl_ray.evaluate import evaluate_checkpoint
     from mtl_ray.training.metrics import format_table
 
-    report = evaluate_checkpoint(args.checkpoint, args.split, args.overrides, heads=parse_head_args(args.head))
+    report = evaluate_checkpoint(
+        args.checkpoint, args.split, args.overrides, heads=parse_head_args(args.head), keys=keys_from_args(args)
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -241,7 +251,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     from mtl_ray.added_heads import parse_head_args
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, heads=parse_head_args(args.head))
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, device=args.device, heads=parse_head_args(args.head), keys=keys_from_args(args)
+    )
     result: dict[str, Any] = {}
     if texts:
         text_tasks = [t for t in tasks if not predictor.specs[t].is_pair] if tasks and pairs else tasks
@@ -308,11 +320,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides.append(f"auth.api_key_env={args.api_key_env}")
     if args.api_key_file:
         overrides.append(f"auth.api_key_file={args.api_key_file}")
+    for flag, key in (("key_env", "encryption.key_env"), ("key_file", "encryption.key_file")):
+        if getattr(args, flag):
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.public_key:
+        overrides.append(f"signing.trusted_public_key_file={args.public_key}")
     cfg = load_serve_config(args.config, overrides, checkpoint=args.checkpoint, precision=args.precision)
     if args.action == "build":
         from mtl_ray.ray.serve.app import serve_config, serve_config_yaml
 
-        conf = serve_config(cfg, host=args.host, port=args.port, app_name=args.app_name, route_prefix=args.route_prefix)
+        conf = serve_config(
+            cfg,
+            host=args.host,
+            port=args.port,
+            app_name=args.app_name,
+            route_prefix=args.route_prefix,
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
+        )
         command = " ".join(
             ["mtl-ray serve build", f"--checkpoint {cfg.checkpoint}"]
             + ([f"--config {args.config}"] if args.config else [])
@@ -321,8 +346,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         text = serve_config_yaml(conf, command)
         if args.output:
-            from pathlib import Path
-
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             Path(args.output).write_text(text, encoding="utf-8")
             print(f"wrote {args.output}; run it with: serve run {args.output}")
@@ -333,6 +356,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mtl_ray.ray.serve.run import run_serve
 
     read_api_key(cfg.auth)  # auth configured but no key: fail here, not in a replica
+    from mtl_ray.checkpoint import checkpoint_key
+
+    checkpoint_key(cfg.checkpoint, cfg.checkpoint_keys())  # encrypted but no (or the wrong) key: fail here too
     run_serve(
         cfg,
         host=args.host,
@@ -341,6 +367,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         route_prefix=args.route_prefix,
         num_cpus=args.num_cpus,
         verbose=_verbose(args),
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
     return 0
 
@@ -369,6 +397,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "doctor": cmd_doctor,
     "tune": cmd_tune,
+    "checkpoint": cmd_checkpoint,
 }
 
 

@@ -269,6 +269,39 @@ class TuneConfig:
 
 
 @dataclass
+class EncryptionConfig:
+    """``checkpoint.encryption``: where the AES-256 key is (never the key itself). One of the two, or
+    neither (no encryption when writing; ``$MTL_RAY_CHECKPOINT_KEY`` is tried when reading)."""
+
+    key_env: str | None = None  # name of an environment variable holding the base64 key
+    key_file: str | None = None  # path of a file holding the base64 key (e.g. a mounted Kubernetes secret)
+
+    def __post_init__(self) -> None:
+        if self.key_env and self.key_file:
+            raise ConfigError("checkpoint.encryption: give key_env or key_file, not both")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.key_env or self.key_file)
+
+
+@dataclass
+class SigningConfig:
+    """``checkpoint.signing``: Ed25519 signatures over the checkpoint manifest."""
+
+    private_key_file: str | None = None  # PEM private key; every checkpoint written is signed with it
+    trusted_public_key_file: str | None = None  # PEM public key; checkpoints read must be signed by it
+
+
+@dataclass
+class CheckpointConfig:
+    """``checkpoint``: how checkpoints are protected at rest (docs/security.md, mtl_ray.crypto)."""
+
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)  # AES-256-GCM of the weight files
+    signing: SigningConfig = field(default_factory=SigningConfig)  # Ed25519 signed manifests
+
+
+@dataclass
 class Config:
     """The root: what `mtl-ray train --config X key=value ...` builds."""
 
@@ -278,6 +311,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)  # `mtl-ray tune` only
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # encryption at rest, signing
 
     def __post_init__(self) -> None:
         if not self.tasks:

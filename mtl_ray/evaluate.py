@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 from mtl_ray.added_heads import with_heads
 from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.config import apply_overrides, config_from_dict, config_to_dict
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.data.sources import load_task_splits
 from mtl_ray.device import resolve_device
 from mtl_ray.training.builders import tokenize_tasks
@@ -31,11 +32,16 @@ class EvalReport:
 
 
 def evaluate_checkpoint(
-    path: str | Path, split: str = "test", overrides: list[str] | None = None, heads: dict[str, str] | None = None
+    path: str | Path,
+    split: str = "test",
+    overrides: list[str] | None = None,
+    heads: dict[str, str] | None = None,
+    keys: CheckpointKeys | None = None,
 ) -> EvalReport:
-    """Verify + load ``path``, read its tasks' ``split`` (config overrides allowed, e.g. ``data.cache_dir``);
-    ``heads``: ``{task: head checkpoint}`` replacing or adding tasks (``mtl_ray/added_heads.py``)."""
-    ckpt = with_heads(load_checkpoint(path, load_training_state=False), heads or {})
+    """Verify + load ``path`` (decrypted / signature-checked per ``keys``), read its tasks' ``split``
+    (config overrides allowed, e.g. ``data.cache_dir``); ``heads``: ``{task: head checkpoint}`` replacing
+    or adding tasks (``mtl_ray/added_heads.py``)."""
+    ckpt = with_heads(load_checkpoint(path, load_training_state=False, keys=keys), heads or {}, keys=keys)
     model, cfg = model_from_checkpoint(ckpt)
     cfg = config_from_dict(apply_overrides(config_to_dict(cfg), overrides or []))
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt.tokenizer_dir))

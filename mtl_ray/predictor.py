@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 from mtl_ray.added_heads import with_heads
 from mtl_ray.checkpoint import load_checkpoint
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.data.tokenize import collate
 from mtl_ray.device import resolve_device
 from mtl_ray.errors import MtlRayError
@@ -35,11 +36,17 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", batch_size: int = 32, heads: dict[str, str | Path] | None = None
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        batch_size: int = 32,
+        heads: dict[str, str | Path] | None = None,
+        keys: CheckpointKeys | None = None,
     ) -> Predictor:
-        """``heads``: ``{task: head checkpoint}`` replacing or adding tasks (``mtl_ray/added_heads.py``)."""
-        ckpt = load_checkpoint(path, verify=True, load_training_state=False)
-        ckpt = with_heads(ckpt, heads or {})
+        """``heads``: ``{task: head checkpoint}`` replacing or adding tasks (``mtl_ray/added_heads.py``);
+        ``keys``: where the decryption key / trusted public key are, for encrypted / signed checkpoints."""
+        ckpt = load_checkpoint(path, verify=True, load_training_state=False, keys=keys)
+        ckpt = with_heads(ckpt, heads or {}, keys=keys)
         model, _ = model_from_checkpoint(ckpt)
         tokenizer = AutoTokenizer.from_pretrained(str(ckpt.tokenizer_dir), trust_remote_code=False)
         return cls(model, tokenizer, resolve_device(device), batch_size)

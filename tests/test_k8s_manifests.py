@@ -69,3 +69,70 @@ def test_rayservice_structure_and_serve_config():
 @pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayservice.yaml"])
 def test_manifests_are_single_documents(name):
     assert len(list(yaml.safe_load_all((K8S / name).read_text()))) == 1
+
+
+# --------------------------------------------------------------------------- secrets (docs/security.md)
+
+
+def _pods(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+
+
+def _mounted_files(pod: dict) -> dict[str, str]:
+    """mountPath -> secretName of every read-only Secret volume mounted in the pod's first container."""
+    secrets = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+    out = {}
+    for m in pod["containers"][0].get("volumeMounts", []):
+        if m["name"] in secrets:
+            assert m.get("readOnly") is True, m
+            out[m["mountPath"]] = secrets[m["name"]]["secretName"]
+    return out
+
+
+def _check_mounted(pods: list[dict], path: str) -> str:
+    """Every pod mounts a Secret at the directory holding ``path``; returns that Secret's name."""
+    names = set()
+    for pod in pods:
+        mounts = _mounted_files(pod)
+        parent = str(Path(path).parent)
+        assert parent in mounts, (path, sorted(mounts))
+        names.add(mounts[parent])
+    (name,) = names
+    return name
+
+
+def test_rayjob_mounts_the_keys_training_encrypts_and_signs_with():
+    job = load("rayjob-train.yaml")
+    import shlex
+
+    from mtl_ray.config import load_config
+
+    argv = shlex.split(job["spec"]["entrypoint"])
+    cfg = load_config(ROOT / argv[argv.index("--config") + 1], [a for a in argv if "=" in a and "." in a.split("=")[0]])
+    pods = _pods(job["spec"]["rayClusterSpec"])
+    assert _check_mounted(pods, cfg.checkpoint.encryption.key_file) == "mtl-ray-checkpoint-key"
+    assert _check_mounted(pods, cfg.checkpoint.signing.private_key_file) == "mtl-ray-signing-key"
+    for pod in pods:  # private keys readable by their owner only
+        assert all(v["secret"].get("defaultMode") == 0o400 for v in pod["volumes"])
+
+
+def test_rayservice_mounts_the_key_the_trusted_public_key_and_tls():
+    svc = load("rayservice.yaml")
+    serve_cfg = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    from mtl_ray.serving.config import ServeConfig
+
+    args = ServeConfig.model_validate(serve_cfg["applications"][0]["args"])
+    pods = _pods(svc["spec"]["rayClusterConfig"])
+    assert _check_mounted(pods, args.encryption.key_file) == "mtl-ray-checkpoint-key"
+    assert _check_mounted(pods, args.signing.trusted_public_key_file) == "mtl-ray-trusted-key"
+    http = serve_cfg["http_options"]
+    assert _check_mounted(pods, http["ssl_certfile"]) == _check_mounted(pods, http["ssl_keyfile"]) == "mtl-ray-tls"
+    from ray.serve.config import HTTPOptions  # the fields exist in this Ray (2.60)
+
+    HTTPOptions(**http)
+
+
+@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayservice.yaml"])
+def test_manifests_hold_no_key_material(name):
+    text = (K8S / name).read_text()
+    assert "PRIVATE KEY" not in text and "kind: Secret" not in text and "stringData" not in text

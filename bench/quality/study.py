@@ -95,16 +95,9 @@ def select_arms(all_arms: list[Arm], names: str | None) -> list[Arm]:
 
 
 def count_params(checkpoint: Path) -> int:
-    from safetensors import safe_open
+    from mtl_ray.checkpoint import read_tensors  # every checkpoint reader goes through it (encrypted too)
 
-    total = 0
-    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
-        for key in f.keys():
-            n = 1
-            for dim in f.get_slice(key).get_shape():
-                n *= int(dim)
-            total += n
-    return total
+    return sum(t.numel() for t in read_tensors(checkpoint).values())
 
 
 def run_one(run: Run, keep_checkpoints: bool) -> dict[str, Any]:

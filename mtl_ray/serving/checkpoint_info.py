@@ -7,12 +7,14 @@ as torch tensors (encoder, k < L heads) or numpy arrays (lean k = L heads).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from mtl_ray.checkpoint import MODEL_FILE, TOKENIZER_DIR, load_meta, verify_checkpoint
+from mtl_ray import checkpoint
+from mtl_ray.checkpoint import TOKENIZER_DIR, load_meta, verify_checkpoint
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ class CheckpointInfo:
     num_layers: int
     pooling: str
     head_dropout: float
+    keys: CheckpointKeys = field(default_factory=CheckpointKeys)  # key locations for reading its weights
 
     @cached_property
     def specs(self) -> dict[str, TaskSpec]:
@@ -53,11 +56,17 @@ class CheckpointInfo:
         return self.path / TOKENIZER_DIR
 
 
-def read_checkpoint_info(path: str | Path, *, verify: bool = True) -> CheckpointInfo:
-    """Verify the whole checkpoint (unless ``verify=False``: meta.json only) and describe it."""
+def read_checkpoint_info(
+    path: str | Path, *, verify: bool = True, keys: CheckpointKeys | None = None, hash_encrypted: bool = True
+) -> CheckpointInfo:
+    """Verify the whole checkpoint (unless ``verify=False``: meta.json only) and describe it. ``keys``:
+    a trusted public key makes verification check the signature first; the key locations travel
+    with the info to :func:`read_tensors`. ``hash_encrypted=False``: for a loader that reads the weights
+    next (their ciphertext is hashed then, in memory, before decryption)."""
     root = Path(path).expanduser().absolute()
+    keys = keys or CheckpointKeys()
     if verify:
-        verify_checkpoint(root)
+        verify_checkpoint(root, keys, hash_encrypted=hash_encrypted)
     meta = load_meta(root)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{root}: not an mtl-ray checkpoint (meta.json format={meta.get('format')!r})")
@@ -71,6 +80,7 @@ def read_checkpoint_info(path: str | Path, *, verify: bool = True) -> Checkpoint
             num_layers=int(meta["num_layers"]),
             pooling=str(model_cfg.get("pooling", "mean")),
             head_dropout=float(model_cfg.get("head_dropout", 0.1)),
+            keys=keys,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{root}: meta.json lacks what serving needs ({type(exc).__name__}: {exc})") from None
@@ -78,21 +88,16 @@ def read_checkpoint_info(path: str | Path, *, verify: bool = True) -> Checkpoint
 
 def read_tensors(info: CheckpointInfo, prefix: str, framework: Literal["pt", "np"] = "pt") -> dict[str, Any]:
     """The tensors whose key starts with ``prefix`` (prefix removed), as torch tensors (``"pt"``) or
-    numpy arrays (``"np"``, torch never imported); call after verification. Only those tensors are
-    read from the file, each into memory of its own (no memory map outlives this call)."""
-    from safetensors import safe_open
+    numpy arrays (``"np"``, torch never imported); call after verification. Plaintext: only those
+    tensors are read from the file; encrypted: decrypted in memory (:func:`mtl_ray.checkpoint.read_tensors`)."""
+    return checkpoint.read_tensors(info.path, prefix, framework=framework, keys=info.keys)
 
-    out = {}
-    try:
-        with safe_open(str(info.path / MODEL_FILE), framework=framework, device="cpu") as f:
-            for key in f.keys():
-                if key.startswith(prefix):
-                    out[key[len(prefix) :]] = f.get_tensor(key)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # SafetensorError, OSError: a file changed after verification
-        raise CheckpointError(f"{info.path / MODEL_FILE}: unreadable safetensors file ({exc})") from None
-    return out
+
+def read_tensor_groups(
+    info: CheckpointInfo, prefixes: list[str], framework: Literal["pt", "np"] = "pt"
+) -> list[dict[str, Any]]:
+    """:func:`read_tensors` for several prefixes with one read (and one decryption)."""
+    return checkpoint.read_tensor_groups(info.path, prefixes, framework=framework, keys=info.keys)
 
 
 def numpy_fingerprint(arrays: dict[str, Any]) -> str:

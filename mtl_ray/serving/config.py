@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.errors import ConfigError
 from mtl_ray.overrides import apply_overrides, read_yaml_mapping
 
@@ -164,6 +165,50 @@ def read_api_key(auth: AuthConfig) -> str | None:
     return None
 
 
+class EncryptionSettings(_Strict):
+    """Where replicas find the key of encrypted checkpoints: a location, never the key (docs/security.md).
+    Neither set: ``$MTL_RAY_CHECKPOINT_KEY`` is tried when a checkpoint is encrypted."""
+
+    key_env: str | None = None  # name of an environment variable holding the base64 AES-256 key
+    key_file: str | None = None  # path of a file holding it (e.g. a mounted Kubernetes secret)
+
+    @field_validator("key_file")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        return _absolute_path(v)  # replicas may run in another working directory
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EncryptionSettings:
+        if self.key_env and self.key_file:
+            raise ValueError("give key_env or key_file, not both")
+        return self
+
+
+class SigningSettings(_Strict):
+    """Provenance: with a trusted public key, checkpoints and heads not signed by it are refused."""
+
+    trusted_public_key_file: str | None = None  # PEM Ed25519 public key (mtl-ray checkpoint keygen)
+
+    @field_validator("trusted_public_key_file")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        return _absolute_path(v)
+
+
+def _absolute_path(v: str | None) -> str | None:
+    return str(Path(v).expanduser().absolute()) if v else v
+
+
+def checkpoint_keys(encryption: EncryptionSettings, signing: SigningSettings) -> CheckpointKeys:
+    """The key locations replicas read checkpoints with; errors name them as Serve config keys."""
+    return CheckpointKeys(
+        key_env=encryption.key_env,
+        key_file=encryption.key_file,
+        trusted_public_key_file=signing.trusted_public_key_file,
+        setting="",
+    )
+
+
 class HeadConfig(_Strict):
     """One task's head deployment: where its weights come from and its own replicas/resources."""
 
@@ -183,6 +228,8 @@ class ServeConfig(_Strict):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)  # key of encrypted checkpoints
+    signing: SigningSettings = Field(default_factory=SigningSettings)  # trusted key: refuse unsigned checkpoints
     ingress: IngressOptions = Field(default_factory=IngressOptions)
     encoder: EncoderOptions = Field(default_factory=EncoderOptions)
     head: HeadOptions = Field(default_factory=HeadOptions)  # every head, unless heads.<task>.options
@@ -197,6 +244,9 @@ class ServeConfig(_Strict):
     def _absolute(cls, v: str) -> str:
         # replicas may run in another working directory: resolve now
         return str(Path(v).expanduser().absolute()) if "://" not in v else v
+
+    def checkpoint_keys(self) -> CheckpointKeys:
+        return checkpoint_keys(self.encryption, self.signing)
 
     def head_options(self, task: str) -> DeploymentOptions:
         override = self.heads.get(task)
@@ -217,6 +267,11 @@ class HeadAppConfig(_Strict):
     task: str  # the added task's name
     head_checkpoint: str  # a checkpoint holding the task's head, trained against that encoder
     precision: Precision = "fp32"
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)  # as ServeConfig.encryption
+    signing: SigningSettings = Field(default_factory=SigningSettings)  # as ServeConfig.signing
+
+    def checkpoint_keys(self) -> CheckpointKeys:
+        return checkpoint_keys(self.encryption, self.signing)
 
     @field_validator("checkpoint", "head_checkpoint")
     @classmethod

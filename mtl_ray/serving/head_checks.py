@@ -28,7 +28,7 @@ def check_head_checkpoint(
             )
     if reference is None or Path(reference).absolute() == info.path:
         return ""
-    ref = read_checkpoint_info(reference, verify=False)  # the encoder replicas verified it
+    ref = read_checkpoint_info(reference, verify=False, keys=info.keys)  # the encoder replicas verified it
     for key in ("encoder_config", "sharing_depth", "pooling"):
         if getattr(info, key) != getattr(ref, key):
             raise CheckpointError(

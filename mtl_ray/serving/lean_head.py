@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.errors import CheckpointError
 from mtl_ray.serving.checkpoint_info import HEADS_PREFIX, read_checkpoint_info, read_tensors
 from mtl_ray.serving.head_checks import check_head_checkpoint
@@ -95,11 +96,13 @@ class LeanHead:
         *,
         reference: str | Path | None = None,
         expect: dict[str, Any] | None = None,
+        keys: CheckpointKeys | None = None,
     ) -> LeanHead:
         """Load ``task``'s head from ``path`` (verified first). ``reference`` / ``expect``: as
         :func:`~mtl_ray.serving.head_checks.check_head_checkpoint`; ``expect`` also carries the task's
-        ``is_pair`` / ``supervised`` as the app builder resolved them."""
-        info = read_checkpoint_info(path)
+        ``is_pair`` / ``supervised`` as the app builder resolved them. ``keys``: key locations (an
+        encrypted or signed checkpoint); the weights are then decrypted in memory, still without torch."""
+        info = read_checkpoint_info(path, keys=keys, hash_encrypted=False)  # another signer's head fails here
         fingerprint = check_head_checkpoint(info, task, reference=reference, expect=expect)
         if not info.hard_shared:
             raise CheckpointError(

@@ -9,7 +9,8 @@ With k = L the encoder pools and only (n, H) vectors leave it; with k < L it sen
 Precision applies to the transformer layers (encoder and task layers): fp32, bf16, or int8 (dynamic
 quantization of their Linear layers). Pooling and heads always run in fp32: they cost nothing and keep
 the probabilities stable. Every loader verifies the checkpoint manifest (sizes and sha256) before it
-reads a weight.
+reads a weight (the signature first when a trusted public key is configured), and reads weights
+only through :func:`mtl_ray.checkpoint.read_tensors`, which decrypts encrypted checkpoints in memory.
 
 A k = L head replica does not use :class:`HeadPart` when its task type has a numpy form
 (:mod:`~mtl_ray.serving.lean_head`): it then never imports torch. What crosses deployments
@@ -29,12 +30,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.data.tokenize import collate
 from mtl_ray.device import resolve_device
 from mtl_ray.errors import CheckpointError, ConfigError
 from mtl_ray.model.multitask import HEADS_PREFIX, SHARED_PREFIX, TASK_LAYERS_PREFIX, SharedEncoder, TaskTower
 from mtl_ray.model.pooling import POOLERS
-from mtl_ray.serving.checkpoint_info import CheckpointInfo, read_checkpoint_info, read_tensors, shared_fingerprint
+from mtl_ray.serving.checkpoint_info import (
+    CheckpointInfo,
+    read_checkpoint_info,
+    read_tensor_groups,
+    read_tensors,
+    shared_fingerprint,
+)
 from mtl_ray.serving.head_checks import check_head_checkpoint
 from mtl_ray.serving.wire import Encoded, TokenBatch, count_inputs
 from mtl_ray.tasks.base import TaskSpec, get_task_type
@@ -135,8 +143,10 @@ class EncoderPart:
         self.loaded_at = time.time()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, precision: str = "fp32", device: str = "cpu") -> EncoderPart:
-        info = read_checkpoint_info(path)  # verifies the manifest first
+    def from_checkpoint(
+        cls, path: str | Path, precision: str = "fp32", device: str = "cpu", keys: CheckpointKeys | None = None
+    ) -> EncoderPart:
+        info = read_checkpoint_info(path, keys=keys, hash_encrypted=False)  # verifies (signature first)
         shared = SharedEncoder.from_encoder_config(info.encoder_config, info.sharing_depth)
         _load_strict(shared, load_tensors(info, SHARED_PREFIX), f"{info.path}: shared encoder")
         return cls(shared, info.pooling if info.hard_shared else None, precision, device, str(info.path))
@@ -202,18 +212,22 @@ class HeadPart:
         *,
         reference: str | Path | None = None,
         expect: dict[str, Any] | None = None,
+        keys: CheckpointKeys | None = None,
     ) -> HeadPart:
         """Load ``task``'s tower from ``path``. ``reference`` (the checkpoint the encoder serves): when
         ``path`` differs, its encoder config, sharing depth, pooling and shared weights must be identical.
         ``expect`` ({"type", "max_length"}): what the ingress tokenizes for; a replacement must keep them."""
-        info = read_checkpoint_info(path)
+        info = read_checkpoint_info(path, keys=keys, hash_encrypted=False)  # another signer's head fails here
         fingerprint = check_head_checkpoint(info, task, reference=reference, expect=expect)
         spec = info.specs[task]
         tower = TaskTower.from_encoder_config(
             info.encoder_config, spec, info.sharing_depth, pooling=info.pooling, head_dropout=info.head_dropout
         )
-        state = {"layers." + k: v for k, v in load_tensors(info, f"{TASK_LAYERS_PREFIX}{task}.").items()}
-        state.update({"head." + k: v for k, v in load_tensors(info, f"{HEADS_PREFIX}{task}.").items()})
+        layers, head = read_tensor_groups(
+            info, [f"{TASK_LAYERS_PREFIX}{task}.", f"{HEADS_PREFIX}{task}."], "pt"
+        )  # one read (and one decryption) for both
+        state = {"layers." + k: v for k, v in layers.items()}
+        state.update({"head." + k: v for k, v in head.items()})
         _load_strict(tower, state, f"{info.path}: task {task!r}")
         return cls(tower, spec, precision, device, checkpoint=str(info.path), fingerprint=fingerprint)
 

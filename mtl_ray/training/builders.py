@@ -73,7 +73,9 @@ def build_model(cfg: Config, specs: dict[str, TaskSpec]) -> tuple[MultiTaskModel
         contrastive_temperature=cfg.model.contrastive_temperature,
     )
     if cfg.model.init_from:  # shared weights from a trained checkpoint (training/frozen.py)
-        load_shared_from(model, cfg.model.init_from, cfg.model.pooling)
+        from mtl_ray.crypto import CheckpointKeys
+
+        load_shared_from(model, cfg.model.init_from, cfg.model.pooling, CheckpointKeys.from_config(cfg.checkpoint))
     return model, tokenizer
 
 

@@ -11,6 +11,7 @@ import transformers
 import mtl_ray
 from mtl_ray.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from mtl_ray.config import Config, config_from_dict, config_to_dict
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.errors import CheckpointError
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec
@@ -48,7 +49,10 @@ def save_training_checkpoint(
     meta = model_meta(cfg, model)
     meta["metrics"] = metrics or {}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return save_checkpoint(path, model_state=state, meta=meta, training_state=training_state, tokenizer=tokenizer)
+    keys = CheckpointKeys.from_config(cfg.checkpoint)  # encrypted and / or signed as the config says
+    return save_checkpoint(
+        path, model_state=state, meta=meta, training_state=training_state, tokenizer=tokenizer, keys=keys
+    )
 
 
 def _check_format(ckpt: LoadedCheckpoint) -> None:
@@ -85,8 +89,8 @@ def model_from_checkpoint(ckpt: LoadedCheckpoint) -> tuple[MultiTaskModel, Confi
     return model, cfg
 
 
-def load_for_resume(path: str | Path) -> LoadedCheckpoint:
-    ckpt = load_checkpoint(path, verify=True, load_training_state=True)
+def load_for_resume(path: str | Path, keys: CheckpointKeys | None = None) -> LoadedCheckpoint:
+    ckpt = load_checkpoint(path, verify=True, load_training_state=True, keys=keys)
     _check_format(ckpt)
     if ckpt.training_state is None:
         raise CheckpointError(f"{path}: has no training state (an export, not a resumable checkpoint)")

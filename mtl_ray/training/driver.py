@@ -63,6 +63,14 @@ def absolute_paths(cfg: Config) -> Config:
     enc = d["model"]["encoder"]
     if not enc.startswith("builtin:") and Path(enc).expanduser().exists():
         d["model"]["encoder"] = str(Path(enc).expanduser().resolve())
+    for section, key in (
+        ("encryption", "key_file"),
+        ("signing", "private_key_file"),
+        ("signing", "trusted_public_key_file"),
+    ):
+        value = d["checkpoint"][section][key]  # key files: resolved here, read on the workers
+        if value:
+            d["checkpoint"][section][key] = str(Path(value).expanduser().resolve())
     return config_from_dict(d)
 
 

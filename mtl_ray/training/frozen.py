@@ -20,35 +20,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
-from mtl_ray.checkpoint import MODEL_FILE, load_meta, verify_checkpoint
+from mtl_ray.checkpoint import load_meta, read_tensors, verify_checkpoint
 from mtl_ray.config import Config
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.errors import CheckpointError, ConfigError
 from mtl_ray.model.multitask import SHARED_PREFIX, MultiTaskModel
 from mtl_ray.tasks.base import get_task_type
 from mtl_ray.training.trunk_cache import TaskTrunkCache, token_key
 
 
-def read_shared_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(meta, {key without "shared.": tensor})`` of a verified checkpoint (manifest sizes + sha256
-    checked before any weight is read); only the shared tensors are loaded."""
+def read_shared_weights(
+    path: str | Path, keys: CheckpointKeys | None = None
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(meta, {key without "shared.": tensor})`` of a verified checkpoint (manifest sizes + sha256, and
+    the signature with a trusted key, checked before any weight is read); only the shared tensors are
+    loaded (decrypted in memory when the checkpoint is encrypted)."""
     root = Path(path).expanduser()
-    verify_checkpoint(root)
+    verify_checkpoint(root, keys, hash_encrypted=False)  # read_tensors hashes the ciphertext it decrypts
     meta = load_meta(root)
-    state = {}
-    with safe_open(str(root / MODEL_FILE), framework="pt", device="cpu") as f:
-        for key in f.keys():
-            if key.startswith(SHARED_PREFIX):
-                state[key[len(SHARED_PREFIX) :]] = f.get_tensor(key)
-    return meta, state
+    return meta, read_tensors(root, SHARED_PREFIX, keys=keys)
 
 
-def load_shared_from(model: MultiTaskModel, path: str | Path, pooling: str) -> None:
+def load_shared_from(model: MultiTaskModel, path: str | Path, pooling: str, keys: CheckpointKeys | None = None) -> None:
     """Replace ``model``'s embeddings + layers 1..k by the checkpoint's (``model.init_from``), after
     checking that the checkpoint's encoder, sharing depth and pooling are this model's."""
-    meta, state = read_shared_weights(path)
+    meta, state = read_shared_weights(path, keys)
     where = f"model.init_from: {path}"
     if meta.get("encoder_config") != model.encoder_config:
         raise CheckpointError(f"{where}: was trained with a different encoder than model.encoder")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mtl_ray.config import Config, dump_config
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.training.builders import TaskData, build_model, build_trainer, load_specs_and_splits, tokenize_tasks
 from mtl_ray.training.checkpointing import check_resume_compatible, load_for_resume, save_training_checkpoint
 from mtl_ray.training.loop import MultiTaskTrainer, fit
@@ -89,7 +90,7 @@ def baselines(data: dict[str, TaskData], split: str = "test") -> dict[str, dict[
 def restore_trainer(trainer: MultiTaskTrainer, cfg: Config, path: str | Path) -> None:
     """Load model weights and the full training state (exact resume) from a checkpoint directory,
     after checking it was trained on the same tasks, encoder and sharing depth."""
-    ckpt = load_for_resume(path)
+    ckpt = load_for_resume(path, CheckpointKeys.from_config(cfg.checkpoint))
     check_resume_compatible(ckpt, cfg, trainer.model)
     trainer.model.load_state_dict(ckpt.model_state)
     trainer.load_state_dict(ckpt.training_state)

@@ -37,7 +37,7 @@ def served_specs(cfg: ServeConfig, info: CheckpointInfo) -> dict[str, TaskSpec]:
                     f"serve config: heads.{task}: the checkpoint has no task {task!r}; give heads.{task}.checkpoint "
                     f"to add it (checkpoint tasks: {', '.join(sorted(info.specs))})"
                 )
-            added = read_checkpoint_info(head.checkpoint)
+            added = read_checkpoint_info(head.checkpoint, keys=cfg.checkpoint_keys())
             if task not in added.specs:
                 raise ConfigError(f"serve config: heads.{task}.checkpoint: {added.path} has no task {task!r}")
             specs[task] = added.specs[task]
@@ -63,11 +63,13 @@ def head_expect(spec: TaskSpec) -> dict[str, Any]:
 def build_app(args: ServeConfig) -> Application:
     """Ingress -> Encoder -> one Head per task, each with its options from ``args``."""
     cfg = args if isinstance(args, ServeConfig) else serve_config_from_dict(dict(args))
-    info = read_checkpoint_info(cfg.checkpoint)  # verify before anything is bound or loaded
+    keys = cfg.checkpoint_keys()
+    # verify (signature first, with a trusted key) before anything is bound or loaded
+    info = read_checkpoint_info(cfg.checkpoint, keys=keys)
     specs = served_specs(cfg, info)
     for task in specs:
         if cfg.head_checkpoint(task) != cfg.checkpoint:
-            read_checkpoint_info(cfg.head_checkpoint(task))  # fail the deploy now, not in a replica
+            read_checkpoint_info(cfg.head_checkpoint(task), keys=keys)  # fail the deploy now, not in a replica
     internal = {"logging_config": {"enable_access_log": cfg.log_internal_calls}}
     encoder = EncoderDeployment.options(name=ENCODER, **internal, **cfg.encoder.serve_options()).bind(
         cfg.checkpoint,
@@ -76,6 +78,7 @@ def build_app(args: ServeConfig) -> Application:
         cfg.batching.max_batch_size,
         cfg.batching.batch_wait_timeout_s,
         cfg.batching.max_concurrent_batches,
+        keys.as_dict(),
     )
     heads = {
         task: HeadDeployment.options(
@@ -83,7 +86,7 @@ def build_app(args: ServeConfig) -> Application:
             user_config={"checkpoint": cfg.head_checkpoint(task)},
             **internal,
             **cfg.head_options(task).serve_options(),
-        ).bind(cfg.checkpoint, task, cfg.precision, "auto", head_expect(spec))
+        ).bind(cfg.checkpoint, task, cfg.precision, "auto", head_expect(spec), keys.as_dict())
         for task, spec in specs.items()
     }
     return IngressDeployment.options(name=INGRESS, **cfg.ingress.serve_options()).bind(
@@ -101,8 +104,9 @@ def build_app(args: ServeConfig) -> Application:
 def build_head_app(args: HeadAppConfig) -> Application:
     """One added task's head deployment as an app of its own (not exposed over HTTP)."""
     cfg = args if isinstance(args, HeadAppConfig) else HeadAppConfig.model_validate(dict(args))
-    read_checkpoint_info(cfg.checkpoint)  # verified here; the head checks it shares these encoder weights
-    head = read_checkpoint_info(cfg.head_checkpoint)
+    keys = cfg.checkpoint_keys()
+    read_checkpoint_info(cfg.checkpoint, keys=keys)  # verified here; the head checks it shares these encoder weights
+    head = read_checkpoint_info(cfg.head_checkpoint, keys=keys)
     if cfg.task not in head.specs:
         raise ConfigError(f"head app: {head.path} has no task {cfg.task!r}; it has: {', '.join(sorted(head.specs))}")
     spec = head.specs[cfg.task]
@@ -111,7 +115,7 @@ def build_head_app(args: HeadAppConfig) -> Application:
         user_config={"checkpoint": cfg.head_checkpoint},
         logging_config={"enable_access_log": False},
         **HeadOptions().serve_options(),
-    ).bind(cfg.checkpoint, cfg.task, cfg.precision, "auto", head_expect(spec))
+    ).bind(cfg.checkpoint, cfg.task, cfg.precision, "auto", head_expect(spec), keys.as_dict())
 
 
 def head_app_name(app_name: str, task: str) -> str:
@@ -125,6 +129,8 @@ def serve_config(
     port: int = 8000,
     app_name: str = APP_NAME,
     route_prefix: str = "/",
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> dict[str, Any]:
     """A Serve config (``serve run`` / ``serve deploy``) for ``cfg``.
 
@@ -132,8 +138,9 @@ def serve_config(
     ``deployments`` section carries each deployment's replicas/resources and each head's checkpoint
     (``user_config``), so editing one of those updates only that deployment. A task the checkpoint
     lacks (``heads.<task>.checkpoint``) becomes an app of its own that the ingress routes to (its
-    ``user_config.extra_heads``), so adding it later touches neither the encoder nor the other heads."""
-    info = read_checkpoint_info(cfg.checkpoint)
+    ``user_config.extra_heads``), so adding it later touches neither the encoder nor the other heads.
+    ``ssl_certfile`` / ``ssl_keyfile``: HTTPS on Serve's proxy (``http_options``); only paths are written."""
+    info = read_checkpoint_info(cfg.checkpoint, keys=cfg.checkpoint_keys())
     specs = served_specs(cfg, info)
     added = [t for t in specs if t not in info.specs]
     args = cfg.model_dump(mode="json", exclude={"ingress", "encoder", "head", "heads"})
@@ -162,7 +169,12 @@ def serve_config(
     ]
     for t in added:
         head_args = HeadAppConfig(
-            checkpoint=cfg.checkpoint, task=t, head_checkpoint=cfg.head_checkpoint(t), precision=cfg.precision
+            checkpoint=cfg.checkpoint,
+            task=t,
+            head_checkpoint=cfg.head_checkpoint(t),
+            precision=cfg.precision,
+            encryption=cfg.encryption,
+            signing=cfg.signing,
         )
         applications.append(
             {
@@ -173,7 +185,25 @@ def serve_config(
                 "deployments": [head_entry(t)],
             }
         )
-    return {"proxy_location": "HeadOnly", "http_options": {"host": host, "port": port}, "applications": applications}
+    http = {"host": host, "port": port, **https_options(ssl_certfile, ssl_keyfile)}
+    return {"proxy_location": "HeadOnly", "http_options": http, "applications": applications}
+
+
+def https_options(ssl_certfile: str | None, ssl_keyfile: str | None) -> dict[str, str]:
+    """Serve ``http_options`` entries for HTTPS (both files or neither), as absolute paths."""
+    from pathlib import Path
+
+    if not ssl_certfile and not ssl_keyfile:
+        return {}
+    if not (ssl_certfile and ssl_keyfile):
+        raise ConfigError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+    out = {}
+    for name, value in (("ssl_certfile", ssl_certfile), ("ssl_keyfile", ssl_keyfile)):
+        path = Path(value).expanduser().absolute()
+        if not path.is_file():
+            raise ConfigError(f"--{name.replace('_', '-')}: {path} does not exist")
+        out[name] = str(path)
+    return out
 
 
 def serve_config_yaml(config: dict[str, Any], command: str) -> str:

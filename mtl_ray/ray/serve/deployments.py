@@ -27,6 +27,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.serving.checkpoint_info import read_checkpoint_info
 from mtl_ray.serving.config import AuthConfig, LimitsConfig, read_api_key, torch_threads_for
 from mtl_ray.serving.gateway import Gateway
@@ -84,11 +85,13 @@ class EncoderDeployment:
         max_batch_size: int = _DEFAULT_BATCH,
         batch_wait_timeout_s: float = _DEFAULT_WAIT_S,
         max_concurrent_batches: int = 1,
+        keys: dict[str, Any] | None = None,
     ):
         from mtl_ray.serving.parts import EncoderPart  # torch: the encoder runs the transformer
 
         self.threads = _set_torch_threads(max_concurrent_batches)
-        self.part = EncoderPart.from_checkpoint(checkpoint, precision, device)  # verifies the manifest first
+        # verifies the manifest (and the signature, with a trusted key) first; decrypts in memory
+        self.part = EncoderPart.from_checkpoint(checkpoint, precision, device, CheckpointKeys(**(keys or {})))
         self.encode_batch.set_max_batch_size(max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         # Serve has no setter for this one; its lazy queue reads the attribute when the first request
@@ -135,8 +138,15 @@ class HeadDeployment:
     ``expect`` ({"type", "max_length", "is_pair", "supervised"}): the served task as the builder resolved it."""
 
     def __init__(
-        self, checkpoint: str, task: str, precision: str = "fp32", device: str = "auto", expect: dict | None = None
+        self,
+        checkpoint: str,
+        task: str,
+        precision: str = "fp32",
+        device: str = "auto",
+        expect: dict | None = None,
+        keys: dict[str, Any] | None = None,
     ):
+        self.keys = CheckpointKeys(**(keys or {}))  # key locations: every checkpoint this head loads
         self.threads: int | None = None  # torch threads, set when a torch head loads
         self.reference = checkpoint  # what the encoder serves
         self.task = task
@@ -150,13 +160,15 @@ class HeadDeployment:
         info = read_checkpoint_info(path, verify=False)  # meta.json only; the loader verifies everything
         task_type = info.spec_dicts.get(self.task, {}).get("type", "")
         if info.hard_shared and has_lean_head(task_type):
-            return LeanHead.from_checkpoint(path, self.task, reference=self.reference, expect=self.expect)
+            return LeanHead.from_checkpoint(
+                path, self.task, reference=self.reference, expect=self.expect, keys=self.keys
+            )
         from mtl_ray.serving.parts import HeadPart  # torch: the task owns transformer layers
 
         if self.threads is None:
             self.threads = _set_torch_threads()
         return HeadPart.from_checkpoint(
-            path, self.task, self.precision, self.device, reference=self.reference, expect=self.expect
+            path, self.task, self.precision, self.device, reference=self.reference, expect=self.expect, keys=self.keys
         )
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from ray import serve
 
 from mtl_ray.ray.logs import RayLogging, serve_log_dir
-from mtl_ray.ray.serve.app import build_app
+from mtl_ray.ray.serve.app import build_app, https_options
 from mtl_ray.ray.session import ray_session, resolve_address
 from mtl_ray.serving.config import ServeConfig
 
@@ -24,11 +24,14 @@ def run_serve(
     route_prefix: str,
     num_cpus: int | None = None,
     verbose: bool = False,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> None:
     """Serve ``cfg`` until interrupted. On a shared cluster (``RAY_ADDRESS``) only this app is removed at
     the end; an embedded Ray's Serve is shut down whole. ``verbose``: Ray's and Serve's own logs on the
     terminal (default: the URL and errors; Serve's logs, access logs included, stay in its log files)."""
     app = build_app(cfg)  # verifies the checkpoint(s) before Ray starts
+    tls = https_options(ssl_certfile, ssl_keyfile)
     address = resolve_address()
 
     def stop(signum: int, frame: Any) -> None:
@@ -43,9 +46,9 @@ def run_serve(
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, stop)
         try:
-            serve.start(http_options={"host": host, "port": port}, logging_config=logs.serve_logging_config())
+            serve.start(http_options={"host": host, "port": port, **tls}, logging_config=logs.serve_logging_config())
             serve.run(app, name=app_name, route_prefix=route_prefix)
-            base = f"http://{host}:{port}{route_prefix.rstrip('/')}"
+            base = f"{'https' if tls else 'http'}://{host}:{port}{route_prefix.rstrip('/')}"
             print(f"serving {cfg.checkpoint} at {base}/v1/predict (docs: {base}/docs); Ctrl-C to stop", flush=True)
             if not verbose and (where := serve_log_dir()):
                 print(f"Serve logs (access logs included): {where}; --verbose shows them here", flush=True)
