@@ -248,7 +248,9 @@ def _cli(*args: str, env: dict | None = None, timeout: int = 60) -> subprocess.C
 def test_unreachable_address_fails_within_seconds(tmp_path):
     started = time.monotonic()
     proc = _cli("-m", "mtl_ray.cli", "train", "--config", "configs/smoke.yaml", "--address", "127.0.0.1:9")
-    assert time.monotonic() - started < 30  # interpreter start included
+    # interpreter start and imports included (slow on a loaded 2-core machine); a hung connect would
+    # take Ray's own timeout of several minutes
+    assert time.monotonic() - started < 60
     assert proc.returncode == 2
     assert "cannot reach a Ray cluster at '127.0.0.1:9'" in proc.stderr
     assert "Traceback" not in proc.stderr
