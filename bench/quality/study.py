@@ -1,21 +1,25 @@
 """Does multi-task learning pay here? Multi-task vs single-task on the built-in real tasks.
 
-    python bench/quality/study.py                       # the full study (3 seeds; ~1 h on 2 CPU cores)
-    python bench/quality/study.py --smoke --out /tmp/q  # every arm on tiny slices (what CI runs)
+    python bench/quality/study.py                       # the default arms, 3 seeds (hours on 2 CPU cores)
+    python bench/quality/study.py --seeds 0 --arms hard_balanced,hard_kd   # a piece (+ what it depends on)
+    python bench/quality/study.py --smoke --out /tmp/q  # every default arm on tiny slices (what CI runs)
     python bench/quality/study.py --report-only         # re-write the tables/plot from finished runs
-    python bench/quality/study.py --set train.batch_size=32 --mtl-steps 1000 --out runs/quality-gpu
+    python bench/quality/study.py --set train.batch_size=32 --mtl-steps 2000 --out runs/quality-gpu
 
 Arms (study_arms.py), each trained with the public library (``mtl_ray.training.run.train``, what
-``mtl-ray train --no-ray`` runs) on ``--config`` (default bench/quality/base.yaml) for every seed:
-single-task models (one per task), hard sharing (k = L), sharing depth k in {4, 2, 0}, uncertainty and
-DWA loss weighting, and SimCSE on the unlabeled text as an extra task. Same training compute per
-system: a multi-task model trains ``--mtl-steps`` steps, each single-task model ``--mtl-steps / T``.
+``mtl-ray train --no-ray`` runs) on ``--config`` (default bench/quality/base.yaml) for every seed, under
+two protocols: **equal compute** (a multi-task model trains ``--mtl-steps`` steps, each single-task
+model ``--mtl-steps / T``; final weights scored) and **converged** (early stopping on validation, best
+checkpoint scored). Recipes: samplers (temperature, proportional, uniform, annealed, balanced),
+mixed-task batches with loss scaling, distillation from the single-task models, MLM on in-domain text,
+and a shared trunk k < L with per-task tops trained on it (stage 2).
 
 Resumable: a run whose ``result.json`` exists is not rerun; an interrupted run's folder is cleared and
 the run restarts. Parallel: study processes sharing one ``--out`` (``--seeds 0`` / ``--seeds 1`` ...)
-claim runs with lock files, so each run is trained once. Checkpoints are deleted after each run (the study needs only the test metrics and
-the parameter count) unless ``--keep-checkpoints``. Writes ``<out>/report.md``, ``<out>/results.csv``,
-``<out>/quality.png`` and ``<out>/study.json``.
+claim runs with lock files, so each run is trained once; a run whose teachers or stage-1 model are not
+finished is skipped (run the study again). Checkpoints are deleted after each run unless another arm
+reads them (teachers, stage 1) or ``--keep-checkpoints``. Writes ``<out>/report.md``,
+``<out>/results.csv``, ``<out>/quality.png`` and ``<out>/study.json``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,18 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parents[1]))
 
-from study_arms import Arm, Run, build_runs, study_arms, supervised_tasks  # noqa: E402
+from study_arms import (  # noqa: E402
+    BEST_OF,
+    SMOKE_BUDGET,
+    Arm,
+    Budget,
+    Run,
+    build_runs,
+    default_arm_names,
+    study_arms,
+    supervised_tasks,
+    with_dependencies,
+)
 from study_report import markdown, plot, summarize, write_csv  # noqa: E402
 
 RESULT = "result.json"
@@ -54,8 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the base config")
     p.add_argument("--out", default="runs/quality", help="study folder (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (--smoke: 0)")
-    p.add_argument("--mtl-steps", type=int, default=None, help="steps per multi-task model (default 200; --smoke 5)")
-    p.add_argument("--arms", default=None, help="comma-separated arm names (default: all)")
+    p.add_argument(
+        "--mtl-steps", type=int, default=None, help="equal-compute steps per multi-task model (default 600; --smoke 5)"
+    )
+    p.add_argument(
+        "--arms",
+        default=None,
+        help="comma-separated arm names, or 'all' (default: the default set; the arms they depend on are added)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny slices (32 train / 16 eval rows per task), 1 seed")
     p.add_argument("--report-only", action="store_true", help="no training: tables and plot from finished runs")
     p.add_argument("--keep-checkpoints", action="store_true")
@@ -83,15 +104,41 @@ def num_layers(base: dict[str, Any]) -> int:
     return len(encoder_layers(encoder))
 
 
-def select_arms(all_arms: list[Arm], names: str | None) -> list[Arm]:
-    if not names:
+def select_arms(all_arms: list[Arm], names: str | None, num_layers: int) -> list[Arm]:
+    """The arms named (default: the default set; ``all``: every arm), plus the arms they depend on."""
+    if names == "all":
         return all_arms
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else default_arm_names(num_layers)
     known = {a.name for a in all_arms}
     unknown = [n for n in wanted if n not in known]
     if unknown:
         raise SystemExit(f"error: --arms: unknown arm(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    return [a for a in all_arms if a.name in wanted]
+    return with_dependencies(all_arms, [a for a in all_arms if a.name in wanted])
+
+
+def resolve(config: dict[str, Any], study_runs: Path) -> dict[str, Any]:
+    """Replace ``@best:<run_id>`` values by that run's best checkpoint (it must have finished)."""
+    out = json.loads(json.dumps(config))
+    for section in out.values():
+        if not isinstance(section, dict):
+            continue
+        for key, value in section.items():
+            if isinstance(value, str) and value.startswith(BEST_OF):
+                dep = study_runs / value[len(BEST_OF) :]
+                result = dep / RESULT
+                if not result.is_file():
+                    raise DependencyMissing(value[len(BEST_OF) :])
+                section[key] = str(dep / json.loads(result.read_text(encoding="utf-8"))["best_checkpoint"])
+    distill = out.get("train", {}).get("distill_from")
+    if isinstance(distill, str):
+        teachers = Path(distill)
+        if not teachers.is_dir() or not all((d / RESULT).is_file() for d in teachers.iterdir() if d.is_dir()):
+            raise DependencyMissing(str(teachers.relative_to(study_runs)))
+    return out
+
+
+class DependencyMissing(Exception):
+    """A run's teachers or stage-1 model have not finished (yet)."""
 
 
 def count_params(checkpoint: Path) -> int:
@@ -100,16 +147,17 @@ def count_params(checkpoint: Path) -> int:
     return sum(t.numel() for t in read_tensors(checkpoint).values())
 
 
-def run_one(run: Run, keep_checkpoints: bool) -> dict[str, Any]:
+def run_one(run: Run, keep_checkpoints: bool, study_runs: Path) -> dict[str, Any]:
     """Train one run in this process (stdout to ``<run>/train.log``); write its ``result.json``."""
     from mtl_ray.config import config_from_dict
     from mtl_ray.training.run import train
 
+    config = resolve(run.config, study_runs)
     out = Path(run.config["train"]["output_dir"])
     if out.exists():
         shutil.rmtree(out)  # an interrupted attempt: start it over (metrics.jsonl would append)
     out.mkdir(parents=True)
-    cfg = config_from_dict(run.config)
+    cfg = config_from_dict(config)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         summary = train(cfg, progress=False)
@@ -119,14 +167,18 @@ def run_one(run: Run, keep_checkpoints: bool) -> dict[str, Any]:
         "arm": run.arm.name,
         "seed": run.seed,
         "task": run.task,
+        "protocol": run.arm.protocol,
         "steps": summary["steps"],
+        "max_steps": run.steps,
+        "best_step": summary.get("best_step"),
+        "best_checkpoint": str(ckpt.relative_to(out)),
         "params": count_params(ckpt),
         "train_seconds": summary["train_seconds"],
         "task_types": {name: t.type for name, t in cfg.tasks.items()},
         "test": summary["test"],
         "majority_baseline": summary["majority_baseline"],
     }
-    if not keep_checkpoints:
+    if not (keep_checkpoints or run.arm.keep_checkpoints):
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     tmp = out / (RESULT + ".tmp")
     tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -203,12 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     seeds = args.seeds if args.seeds is not None else ([0] if args.smoke else [0, 1, 2])
-    mtl_steps = args.mtl_steps if args.mtl_steps is not None else (5 if args.smoke else 200)
-    arms = select_arms(study_arms(layers), args.arms)
+    mtl_steps = args.mtl_steps if args.mtl_steps is not None else (5 if args.smoke else 600)
+    arms = select_arms(study_arms(layers), args.arms, layers)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    budget = SMOKE_BUDGET if args.smoke else Budget()
     try:
-        runs = build_runs(base, arms, seeds, mtl_steps, str(out / "runs"))
+        runs = build_runs(base, arms, seeds, mtl_steps, str(out / "runs"), budget)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -253,7 +306,11 @@ def _train_all(todo: list[Run], args: argparse.Namespace) -> None:
             continue
         try:
             start = time.perf_counter()
-            result = run_one(run, args.keep_checkpoints)
+            result = run_one(run, args.keep_checkpoints, Path(args.out).resolve() / "runs")
+        except DependencyMissing as exc:
+            bar.write(f"{run.run_id}: waiting for {exc} (not finished), skipped; run the study again")
+            bar.update(run.steps)
+            continue
         finally:
             release(out)
         prim = primary_metrics(result["test"], result["task_types"])

@@ -1,15 +1,25 @@
 """The quality study's arms: which configs are trained, as plain changes to the base config dict.
 
-Budget rule (the same training compute for every *system*): a multi-task arm trains one model for
-``mtl_steps`` optimizer steps; the single-task baseline trains one model per task for
-``mtl_steps / T`` steps each (T supervised tasks), so the five single-task models together see as
-many examples as one multi-task model.
+Two protocols (docs/quality.md):
+
+* **equal** — the same training compute per *system*: a multi-task arm trains one model for
+  ``mtl_steps`` optimizer steps; the single-task baseline trains one model per task for
+  ``mtl_steps / T`` steps each (T supervised tasks), so the T single-task models together see as many
+  examples as one multi-task model. Every arm is scored with its final weights.
+* **converged** — every system trains until its validation score stops improving
+  (``train.early_stopping_patience``; single-task models on their task's metric, multi-task models on
+  the validation aggregate, stage-2 towers each on their own task's metric) up to a step cap, and the
+  best validation checkpoint is the one scored on test.
+
+Arms can depend on another arm's runs of the same seed: distillation (``teachers``: the single-task
+models of that protocol are the teachers) and stage 2 (``stage1``: starts from that arm's best
+checkpoint). Dependencies are listed before their dependents, so one study process trains them in order.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mtl_ray.tasks import get_task_type
@@ -22,6 +32,33 @@ UNLABELED_TASK = {
     "loss_weight": 0.5,
     "max_eval_examples": 1,
 }
+MLM = "mlm"
+MLM_TASK = {
+    "type": "mlm",
+    "source": "builtin:unlabeled_text",
+    "include_task_texts": True,
+    "mask_probability": 0.15,
+    "max_length": 64,
+    "loss_weight": 0.5,
+    "max_eval_examples": 1,
+}
+BEST_OF = "@best:"  # a config value resolved at run time to the best checkpoint of another run
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Step caps and evaluation cadence of the converged protocol (``--smoke`` shrinks them)."""
+
+    single_max_steps: int = 1500
+    single_eval_every: int = 40
+    multi_max_steps: int = 3000
+    multi_eval_every: int = 100
+    tops_max_steps: int = 1500
+    tops_eval_every: int = 40
+    patience: int = 4
+
+
+SMOKE_BUDGET = Budget(6, 2, 8, 2, 6, 2, 1)
 
 
 @dataclass(frozen=True)
@@ -30,30 +67,128 @@ class Arm:
 
     name: str
     kind: str
-    label: str  # what the tables print
+    label: str
+    protocol: str = "equal"  # "equal" | "converged"
     sharing_depth: int | None = None  # None -> k = L
     weighting: str = "static"
-    unsupervised: bool = False
+    unsupervised: bool = False  # SimCSE on the unlabeled text as an extra task
+    mlm: bool = False  # masked-LM on the tasks' training texts + unlabeled text as an extra task
+    settings: dict[str, Any] = field(default_factory=dict)  # dotted config keys -> values
+    teachers: str | None = None  # arm whose single-task models (same seed) are the distillation teachers
+    stage1: str | None = None  # arm whose best checkpoint (same seed) stage 2 starts from
+    keep_checkpoints: bool = False  # another arm reads this arm's checkpoints
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+BALANCED = {"train.sampler": "balanced"}
 
 
 def study_arms(num_layers: int) -> list[Arm]:
-    """Single-task baseline, hard sharing, the depth sweep, the weightings, the unsupervised objective.
-    The depth sweep is k in {0, 2, 4} plus hard sharing (k = L) itself."""
+    """Every arm, dependencies first. The default set (:func:`default_arm_names`) leaves out the arms
+    that no longer inform (the old depth sweep, DWA, uncertainty, SimCSE) to save CPU."""
+    L = num_layers
     arms = [
-        Arm("single_task", "single", "single-task (one model per task)"),
-        Arm("hard_sharing", "multi", f"hard sharing k={num_layers}, static equal", sharing_depth=num_layers),
-    ]
-    for k in (4, 2, 0):
-        if k < num_layers:
-            arms.append(Arm(f"depth_k{k}", "multi", f"sharing depth k={k}, static equal", sharing_depth=k))
-    arms += [
-        Arm("uncertainty", "multi", f"k={num_layers}, uncertainty weighting", num_layers, "uncertainty"),
-        Arm("dwa", "multi", f"k={num_layers}, DWA weighting", num_layers, "dwa"),
+        # ---- equal compute, 1x serving cost unless the label says otherwise
+        Arm("single_task", "single", "single-task (one model per task)", keep_checkpoints=True),
+        Arm("hard_sharing", "multi", f"hard sharing k={L}, temperature T=2", sharing_depth=L),
         Arm(
-            "unsupervised", "multi", f"k={num_layers}, static + SimCSE on unlabeled text", num_layers, unsupervised=True
+            "hard_proportional",
+            "multi",
+            f"k={L}, proportional (T=1)",
+            sharing_depth=L,
+            settings={"train.temperature": 1.0},
+        ),
+        Arm("hard_uniform", "multi", f"k={L}, uniform", sharing_depth=L, settings={"train.sampler": "uniform"}),
+        Arm(
+            "hard_annealed",
+            "multi",
+            f"k={L}, annealed (T 1→5)",
+            sharing_depth=L,
+            settings={"train.sampler": "annealed"},
+        ),
+        Arm("hard_balanced", "multi", f"k={L}, balanced (equal updates)", sharing_depth=L, settings=BALANCED),
+        Arm(
+            "hard_mixed",
+            "multi",
+            f"k={L}, mixed-task batches + loss scaling",
+            sharing_depth=L,
+            settings={"train.sampler": "uniform", "train.mixed_batches": True, "train.loss_scaling": "auto"},
+        ),
+        Arm(
+            "hard_kd",
+            "multi",
+            f"k={L}, balanced + distillation",
+            sharing_depth=L,
+            settings=BALANCED,
+            teachers="single_task",
+        ),
+        Arm("hard_mlm", "multi", f"k={L}, balanced + MLM auxiliary", sharing_depth=L, settings=BALANCED, mlm=True),
+        # ---- converged protocol (early stopping, best validation checkpoint)
+        Arm("single_es", "single", "single-task, early-stopped", protocol="converged", keep_checkpoints=True),
+        Arm(
+            "hard_es",
+            "multi",
+            f"k={L}, balanced, early-stopped",
+            protocol="converged",
+            sharing_depth=L,
+            settings=BALANCED,
+            keep_checkpoints=True,
+        ),
+        Arm(
+            "hard_kd_es",
+            "multi",
+            f"k={L}, balanced + distillation, early-stopped",
+            protocol="converged",
+            sharing_depth=L,
+            settings=BALANCED,
+            teachers="single_es",
         ),
     ]
+    for k in (5, 4, 3):
+        if k < L:
+            arms.append(
+                Arm(
+                    f"tops_k{k}",
+                    "multi",
+                    f"shared trunk k={k} + per-task tops (stage 2)",
+                    protocol="converged",
+                    sharing_depth=k,
+                    stage1="hard_es",
+                    settings={"train.freeze_shared": True, "train.early_stopping_per_task": True},
+                )
+            )
+    # ---- earlier arms, kept runnable (--arms) but out of the default set
+    for k in (4, 2, 0):
+        if k < L:
+            arms.append(Arm(f"depth_k{k}", "multi", f"sharing depth k={k}, static equal", sharing_depth=k))
+    arms += [
+        Arm("uncertainty", "multi", f"k={L}, uncertainty weighting", sharing_depth=L, weighting="uncertainty"),
+        Arm("dwa", "multi", f"k={L}, DWA weighting", sharing_depth=L, weighting="dwa"),
+        Arm("unsupervised", "multi", f"k={L}, static + SimCSE on unlabeled text", sharing_depth=L, unsupervised=True),
+    ]
     return arms
+
+
+def default_arm_names(num_layers: int) -> list[str]:
+    legacy = {"uncertainty", "dwa", "unsupervised"} | {f"depth_k{k}" for k in (4, 2, 0)}
+    return [a.name for a in study_arms(num_layers) if a.name not in legacy]
+
+
+def with_dependencies(arms: list[Arm], selected: list[Arm]) -> list[Arm]:
+    """``selected`` plus every arm they depend on, in :func:`study_arms` order."""
+    by_name = {a.name: a for a in arms}
+    wanted = {a.name for a in selected}
+    changed = True
+    while changed:
+        changed = False
+        for name in list(wanted):
+            for dep in (by_name[name].teachers, by_name[name].stage1):
+                if dep and dep not in wanted:
+                    wanted.add(dep)
+                    changed = True
+    return [a for a in arms if a.name in wanted]
 
 
 @dataclass(frozen=True)
@@ -64,7 +199,7 @@ class Run:
     seed: int
     task: str | None
     config: dict[str, Any]
-    steps: int
+    steps: int  # the step cap (what the progress bar counts); converged runs may stop earlier
 
     @property
     def run_id(self) -> str:
@@ -76,7 +211,9 @@ def supervised_tasks(base: dict[str, Any]) -> list[str]:
     return [name for name, t in base["tasks"].items() if get_task_type(t.get("type", "classification")).supervised]
 
 
-def build_runs(base: dict[str, Any], arms: list[Arm], seeds: list[int], mtl_steps: int, out_dir: str) -> list[Run]:
+def build_runs(
+    base: dict[str, Any], arms: list[Arm], seeds: list[int], mtl_steps: int, out_dir: str, budget: Budget = Budget()
+) -> list[Run]:
     """Every run of the study, seed-major (all arms of seed 0 first, so a partial study still compares
     complete seeds). ``out_dir``: each run's ``train.output_dir`` is ``<out_dir>/<run_id>``."""
     tasks = supervised_tasks(base)
@@ -90,27 +227,51 @@ def build_runs(base: dict[str, Any], arms: list[Arm], seeds: list[int], mtl_step
         for arm in arms:
             if arm.kind == "single":
                 for task in tasks:
-                    cfg = _with(base, seed, single_steps)
+                    steps, every = _steps(arm, budget, single_steps, single=True)
+                    cfg = _with(base, seed, steps, every, arm, budget)
                     cfg["tasks"] = {task: copy.deepcopy(base["tasks"][task])}
-                    runs.append(Run(arm, seed, task, _place(cfg, out_dir, arm, seed, task), single_steps))
+                    runs.append(Run(arm, seed, task, _place(cfg, out_dir, arm, seed, task), steps))
             else:
-                cfg = _with(base, seed, mtl_steps)
+                steps, every = _steps(arm, budget, mtl_steps, single=False)
+                cfg = _with(base, seed, steps, every, arm, budget)
                 cfg["model"]["sharing_depth"] = arm.sharing_depth
                 cfg["train"]["weighting"] = arm.weighting
                 if arm.unsupervised:
                     cfg["tasks"][UNLABELED] = dict(UNLABELED_TASK)
-                runs.append(Run(arm, seed, None, _place(cfg, out_dir, arm, seed, None), mtl_steps))
+                if arm.mlm:
+                    cfg["tasks"][MLM] = dict(MLM_TASK)
+                if arm.teachers:
+                    cfg["train"]["distill_from"] = f"{out_dir}/{arm.teachers}/seed{seed}"
+                if arm.stage1:
+                    cfg["model"]["init_from"] = f"{BEST_OF}{arm.stage1}/seed{seed}"
+                runs.append(Run(arm, seed, None, _place(cfg, out_dir, arm, seed, None), steps))
     return runs
 
 
-def _with(base: dict[str, Any], seed: int, steps: int) -> dict[str, Any]:
+def _steps(arm: Arm, budget: Budget, equal_steps: int, *, single: bool) -> tuple[int, int]:
+    """(max_steps, eval_every) of one run of ``arm``."""
+    if arm.protocol == "equal":
+        return equal_steps, equal_steps  # one validation pass at the end; the final model is scored
+    if arm.stage1:
+        return budget.tops_max_steps, budget.tops_eval_every
+    if single:
+        return budget.single_max_steps, budget.single_eval_every
+    return budget.multi_max_steps, budget.multi_eval_every
+
+
+def _with(base: dict[str, Any], seed: int, steps: int, every: int, arm: Arm, budget: Budget) -> dict[str, Any]:
     cfg = copy.deepcopy(base)
     cfg.setdefault("model", {})
     train = cfg.setdefault("train", {})
     train["seed"] = seed
     train["max_steps"] = steps
-    train["eval_every"] = steps  # one validation pass at the end; the study reports the test split
+    train["eval_every"] = every
     train["log_every"] = max(1, min(int(train.get("log_every", 20)), steps))
+    if arm.protocol == "converged":
+        train["early_stopping_patience"] = budget.patience
+    for key, value in arm.settings.items():
+        section, name = key.split(".", 1)
+        cfg.setdefault(section, {})[name] = value
     return cfg
 
 

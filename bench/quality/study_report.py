@@ -23,7 +23,8 @@ from study_arms import Arm
 from mtl_ray.tasks import get_task_type
 from mtl_ray.tuning.deltam import delta_m, primary_metrics
 
-SINGLE = "single_task"
+SINGLE = {"equal": "single_task", "converged": "single_es"}  # each protocol's single-task baseline
+DERIVED = "bbc_headline_match"  # the derived pair task, reported with and without (docs/quality.md)
 
 
 def arm_seed_metrics(records: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
@@ -39,13 +40,14 @@ def arm_seed_metrics(records: list[dict[str, Any]]) -> dict[str, dict[int, dict[
         entry["params"] += int(r["params"])
         entry["runs"] += 1
         entry["train_seconds"] += float(r.get("train_seconds", 0.0))
+        entry["steps"] = entry.get("steps", 0) + int(r.get("steps", 0))
     return out
 
 
-def single_baseline(per_arm: dict[str, dict[int, dict[str, Any]]]) -> dict[str, float]:
-    """task -> the single-task primary test metric, mean over seeds."""
+def single_baseline(per_arm: dict[str, dict[int, dict[str, Any]]], protocol: str = "equal") -> dict[str, float]:
+    """task -> the protocol's single-task primary test metric, mean over seeds."""
     values: dict[str, list[float]] = {}
-    for entry in per_arm.get(SINGLE, {}).values():
+    for entry in per_arm.get(SINGLE[protocol], {}).values():
         for task, v in entry["primary"].items():
             values.setdefault(task, []).append(v)
     return {task: statistics.fmean(v) for task, v in values.items()}
@@ -64,6 +66,12 @@ def layers_per_request(arm: Arm, num_layers: int, num_tasks: int) -> int:
     return k + num_tasks * (num_layers - k)
 
 
+def serve_replicas(arm: Arm, num_tasks: int) -> int:
+    """Replicas of the smallest Serve deployment answering every task: one shared encoder + one head
+    deployment per task for one multi-task model; one such app (encoder + head) per single-task model."""
+    return 2 * num_tasks if arm.kind == "single" else 1 + num_tasks
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -74,9 +82,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def summarize(records: list[dict[str, Any]], arms: list[Arm], num_layers: int) -> list[dict[str, Any]]:
     """One row per arm that has results: per-task mean/std, Δm% mean/std, params, layers per request."""
     per_arm = arm_seed_metrics(records)
-    base = single_baseline(per_arm)
     rows = []
     for arm in arms:
+        base = single_baseline(per_arm, arm.protocol)
         seeds = per_arm.get(arm.name)
         if not seeds:
             continue
@@ -87,6 +95,10 @@ def summarize(records: list[dict[str, Any]], arms: list[Arm], num_layers: int) -
         tasks = sorted(names)
         per_task = {t: _mean_std([e["primary"][t] for e in seeds.values() if t in e["primary"]]) for t in tasks}
         deltas = [delta_m(e["primary"], base, names) for e in seeds.values()]
+        without = {t: n for t, n in names.items() if t != DERIVED}
+        deltas_wo = [
+            delta_m({t: v for t, v in e["primary"].items() if t in without}, base, without) for e in seeds.values()
+        ]
         # one task's term of Δm% (delta_m over that task alone; NaN without a baseline, dropped)
         task_deltas = {
             t: _mean_std([delta_m({t: e["primary"][t]}, base, names) for e in seeds.values() if t in e["primary"]])
@@ -102,7 +114,11 @@ def summarize(records: list[dict[str, Any]], arms: list[Arm], num_layers: int) -
                 "metric_names": names,
                 "per_task": per_task,
                 "task_delta_pct": task_deltas,
+                "protocol": arm.protocol,
                 "delta_m": _mean_std(deltas),
+                "delta_m_without_derived": _mean_std(deltas_wo),
+                "steps": statistics.fmean(e["steps"] for e in seeds.values()),
+                "serve_replicas": serve_replicas(arm, len(tasks)),
                 "params": max(e["params"] for e in seeds.values()),
                 "layers_per_request": layers_per_request(arm, num_layers, len(tasks)),
                 "train_seconds": statistics.fmean(e["train_seconds"] for e in seeds.values()),
@@ -125,16 +141,31 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         return "(no finished runs)\n"
     tasks = sorted({t for r in rows for t in r["per_task"]})
     names = {t: n for r in rows for t, n in r["metric_names"].items()}
-    head = ["arm", "seeds", "params", "layers / request", *[f"{t} ({names[t]})" for t in tasks], "Δm%"]
+    head = [
+        "arm",
+        "protocol",
+        "seeds",
+        "steps",
+        "params",
+        "layers / request",
+        "Serve replicas",
+        *[f"{t} ({names[t]})" for t in tasks],
+        "Δm%",
+        f"Δm% w/o {DERIVED}",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
             r["label"],
+            r.get("protocol", "equal"),
             str(len(r["seeds"])),
+            f"{r.get('steps', 0):.0f}",
             f"{r['params'] / 1e6:.1f} M",
             str(r["layers_per_request"]),
+            str(r.get("serve_replicas", "–")),
             *[_fmt(r["per_task"].get(t, (math.nan, math.nan))) for t in tasks],
             _fmt(r["delta_m"], 2, signed=True),
+            _fmt(r.get("delta_m_without_derived", (math.nan, math.nan)), 2, signed=True),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -178,45 +209,35 @@ def write_csv(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, num_layers: int) -> None:
-    """Left: Δm% and parameters vs sharing depth k (single-task drawn at its own point). Right: per-task
+    """Left: the quality/cost front — Δm% (vs the protocol's single-task models) against encoder layers
+    run per request, one point per arm (equal compute: circles, converged: squares). Right: per-task
     % change against single-task for every multi-task arm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
-    depth_rows = sorted(
-        (r for r in rows if r["arm"] == "hard_sharing" or r["arm"].startswith("depth_k")),
-        key=lambda r: r["sharing_depth"] if r["sharing_depth"] is not None else num_layers,
-    )
-    ks = [r["sharing_depth"] if r["sharing_depth"] is not None else num_layers for r in depth_rows]
-    if depth_rows:
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.2))
+    markers = {"equal": "o", "converged": "s"}
+    for r in rows:
+        mean, std = r["delta_m"]
+        if math.isnan(mean):
+            continue
+        protocol = r.get("protocol", "equal")
         ax.errorbar(
-            ks,
-            [r["delta_m"][0] for r in depth_rows],
-            yerr=[r["delta_m"][1] for r in depth_rows],
-            marker="o",
-            capsize=4,
-            color="tab:blue",
-            label="Δm% vs single-task (test)",
+            r["layers_per_request"],
+            mean,
+            yerr=std,
+            marker=markers.get(protocol, "o"),
+            capsize=3,
+            ls="none",
+            color="tab:grey" if r["kind"] == "single" else ("tab:blue" if protocol == "equal" else "tab:green"),
         )
+        ax.annotate(r["arm"], (r["layers_per_request"], mean), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("sharing depth k (layers shared by all tasks)")
-    ax.set_ylabel("Δm% (mean ± std over seeds)", color="tab:blue")
-    ax.set_xticks(range(0, num_layers + 1))
-    twin = ax.twinx()
-    if depth_rows:
-        twin.plot(ks, [r["params"] / 1e6 for r in depth_rows], marker="s", color="tab:orange", label="parameters")
-    single = next((r for r in rows if r["kind"] == "single"), None)
-    if single is not None:
-        twin.axhline(single["params"] / 1e6, color="tab:orange", ls=":", lw=1, label="single-task models (sum)")
-    twin.set_ylabel("parameters (M)", color="tab:orange")
-    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    labels = ax.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
-    if handles:
-        ax.legend(handles, labels, loc="best", fontsize=8)
-    ax.set_title("Sharing depth: quality and size")
+    ax.set_xlabel("encoder layers run per request (all tasks)")
+    ax.set_ylabel("Δm% vs single-task (test, mean ± std over seeds)")
+    ax.set_title("Quality vs serving cost (circles: equal compute, squares: converged)")
 
     multi = [r for r in rows if r["kind"] == "multi"]
     tasks = sorted({t for r in multi for t in r["task_delta_pct"]})

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.real
 
 def test_smoke_study_runs_every_arm_and_resumes(tmp_path, capsys):
     out = tmp_path / "q"
-    assert study.main(["--smoke", "--out", str(out), "--no-progress"]) == 0
+    arms = ["--arms", "all"]
+    assert study.main(["--smoke", "--out", str(out), "--no-progress", *arms]) == 0
     first = capsys.readouterr().out
     assert "12 runs (8 arms × 1 seeds), 12 to train" in first
 
@@ -37,7 +38,7 @@ def test_smoke_study_runs_every_arm_and_resumes(tmp_path, capsys):
 
     # resumable: finished runs are not rerun; a lost result reruns only that run
     (out / "runs/dwa/seed0/result.json").unlink()
-    assert study.main(["--smoke", "--out", str(out), "--no-progress"]) == 0
+    assert study.main(["--smoke", "--out", str(out), "--no-progress", *arms]) == 0
     assert "12 runs (8 arms × 1 seeds), 1 to train" in capsys.readouterr().out
     assert (out / "runs/dwa/seed0/result.json").is_file()
 

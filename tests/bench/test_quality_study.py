@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "quality"))
 
-from study_arms import UNLABELED, build_runs, study_arms  # noqa: E402
+from study_arms import MLM, UNLABELED, Budget, build_runs, default_arm_names, study_arms, with_dependencies  # noqa: E402
 from study_report import layers_per_request, markdown, summarize, write_csv  # noqa: E402
 
 TYPES = {"a": "classification", "b": "regression"}
@@ -28,11 +28,26 @@ def _base():
     }
 
 
-def test_arms_cover_the_study():
+def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
     names = [a.name for a in study_arms(6)]
-    assert names == [
+    assert names[:12] == [
         "single_task",
         "hard_sharing",
+        "hard_proportional",
+        "hard_uniform",
+        "hard_annealed",
+        "hard_balanced",
+        "hard_mixed",
+        "hard_kd",
+        "hard_mlm",
+        "single_es",
+        "hard_es",
+        "hard_kd_es",
+    ]
+    assert names[12:] == [
+        "tops_k5",
+        "tops_k4",
+        "tops_k3",
         "depth_k4",
         "depth_k2",
         "depth_k0",
@@ -40,19 +55,28 @@ def test_arms_cover_the_study():
         "dwa",
         "unsupervised",
     ]
-    assert [a.name for a in study_arms(2)] == [
+    default = default_arm_names(6)
+    assert "dwa" not in default and "depth_k0" not in default and "tops_k3" in default
+    assert [a.name for a in study_arms(2)][-3:] == ["uncertainty", "dwa", "unsupervised"]
+    assert "tops_k3" not in [a.name for a in study_arms(2)]  # k must be < L
+
+
+def test_dependencies_are_added_and_ordered_first():
+    arms = study_arms(6)
+    by_name = {a.name: a for a in arms}
+    assert [a.name for a in with_dependencies(arms, [by_name["tops_k4"]])] == ["hard_es", "tops_k4"]
+    assert [a.name for a in with_dependencies(arms, [by_name["hard_kd"], by_name["hard_uniform"]])] == [
         "single_task",
-        "hard_sharing",
-        "depth_k0",
-        "uncertainty",
-        "dwa",
-        "unsupervised",
+        "hard_uniform",
+        "hard_kd",
     ]
 
 
 def test_runs_share_the_training_compute_and_differ_only_where_the_arm_says():
-    runs = build_runs(_base(), study_arms(6), [0, 1], 100, "/out")
-    assert len(runs) == 2 * (2 + 7)  # per seed: one single-task run per task + 7 multi-task arms
+    names = ["single_task", "hard_sharing", "depth_k2", "dwa", "unsupervised", "hard_mlm", "hard_kd"]
+    arms = [a for a in study_arms(6) if a.name in names]
+    runs = build_runs(_base(), arms, [0, 1], 100, "/out")
+    assert len(runs) == 2 * (2 + 6)  # per seed: one single-task run per task + 6 multi-task arms
     single = [r for r in runs if r.arm.kind == "single"]
     multi = [r for r in runs if r.arm.kind == "multi"]
     assert {r.steps for r in single} == {50} and {r.steps for r in multi} == {100}
@@ -63,9 +87,34 @@ def test_runs_share_the_training_compute_and_differ_only_where_the_arm_says():
     assert by_id["depth_k2/seed1"].config["train"]["seed"] == 1
     assert by_id["dwa/seed0"].config["train"]["weighting"] == "dwa"
     assert by_id["unsupervised/seed0"].config["tasks"][UNLABELED]["type"] == "contrastive"
+    assert by_id["hard_mlm/seed0"].config["tasks"][MLM]["type"] == "mlm"
+    assert by_id["hard_mlm/seed0"].config["train"]["sampler"] == "balanced"
+    assert by_id["hard_kd/seed1"].config["train"]["distill_from"] == "/out/single_task/seed1"
     assert UNLABELED not in by_id["hard_sharing/seed0"].config["tasks"]
+    assert "early_stopping_patience" not in by_id["hard_sharing/seed0"].config["train"]
     assert by_id["single_task/seed0/b"].config["train"]["output_dir"] == "/out/single_task/seed0/b"
     assert len({r.config["train"]["output_dir"] for r in runs}) == len(runs)
+
+
+def test_converged_runs_early_stop_under_a_cap_and_stage2_starts_from_the_best_stage1():
+    arms = with_dependencies(study_arms(6), [a for a in study_arms(6) if a.name in ("single_es", "tops_k4")])
+    budget = Budget(
+        single_max_steps=300,
+        single_eval_every=30,
+        multi_max_steps=900,
+        multi_eval_every=90,
+        tops_max_steps=200,
+        tops_eval_every=20,
+        patience=3,
+    )
+    by_id = {r.run_id: r for r in build_runs(_base(), arms, [2], 100, "/out", budget)}
+    single, hard, tops = by_id["single_es/seed2/a"], by_id["hard_es/seed2"], by_id["tops_k4/seed2"]
+    assert (single.steps, single.config["train"]["eval_every"]) == (300, 30)
+    assert (hard.steps, hard.config["train"]["eval_every"]) == (900, 90)
+    assert (tops.steps, tops.config["train"]["eval_every"]) == (200, 20)
+    assert {r.config["train"]["early_stopping_patience"] for r in (single, hard, tops)} == {3}
+    assert tops.config["model"]["init_from"] == "@best:hard_es/seed2"
+    assert tops.config["model"]["sharing_depth"] == 4 and tops.config["train"]["freeze_shared"] is True
 
 
 def test_too_few_steps_for_the_tasks_is_an_error():
@@ -116,9 +165,14 @@ def test_summary_matches_a_hand_computation(tmp_path):
     assert hard["task_delta_pct"]["b"][0] == pytest.approx(statistics.fmean([0.0, -25.0]))
     assert single["delta_m"][0] == pytest.approx(0.0, abs=1e-9)
     assert hard["layers_per_request"] == 6 and single["layers_per_request"] == 12
+    assert hard["serve_replicas"] == 3 and single["serve_replicas"] == 4  # 1 encoder + 2 heads; 2 × (1 + 1)
+    # without the derived task (bbc_headline_match is not among a, b): the same Δm%
+    assert hard["delta_m_without_derived"][0] == pytest.approx(hard["delta_m"][0])
 
     text = markdown(list(rows.values()))
-    assert "| hard sharing k=6, static equal | 2 | 0.0 M | 6 | 0.750 ± 0.212 | 0.525 ± 0.106 |" in text
+    assert (
+        "| hard sharing k=6, temperature T=2 | equal | 2 | 10 | 0.0 M | 6 | 3 | 0.750 ± 0.212 | 0.525 ± 0.106 |" in text
+    )
     write_csv(records, tmp_path / "r.csv")
     lines = list(csv.DictReader(open(tmp_path / "r.csv", encoding="utf-8")))
     assert len(lines) == 2 + 2 + 2 + 2 + 2 + 2  # one row per (run, task, metric)
@@ -142,3 +196,38 @@ def test_run_locks_let_study_processes_share_a_folder(tmp_path):
     dead.wait()
     (tmp_path / "runs" / "dwa" / "seed0.lock").write_text(str(dead.pid))
     assert study.claim(run) is True  # stale lock of a finished process: taken over
+
+
+def test_delta_m_without_the_derived_pair_task(tmp_path):
+    types = {"a": "classification", "bbc_headline_match": "pair_classification"}
+
+    def rec(arm, test, task=None):
+        return {"arm": arm, "seed": 0, "task": task, "steps": 5, "params": 1, "task_types": types, "test": test}
+
+    records = [
+        rec("single_task", {"a": {"accuracy": 0.80}}, "a"),
+        rec("single_task", {"bbc_headline_match": {"accuracy": 0.50}}, "bbc_headline_match"),
+        rec("hard_sharing", {"a": {"accuracy": 0.88}, "bbc_headline_match": {"accuracy": 0.40}}),
+    ]
+    hard = {r["arm"]: r for r in summarize(records, study_arms(6), 6)}["hard_sharing"]
+    assert hard["delta_m"][0] == pytest.approx((10.0 - 20.0) / 2)
+    assert hard["delta_m_without_derived"][0] == pytest.approx(10.0)
+
+
+def test_stage2_config_resolves_to_the_stage1_best_checkpoint(tmp_path):
+    import json
+
+    import study
+
+    runs = tmp_path / "runs"
+    cfg = {"model": {"init_from": "@best:hard_es/seed0"}, "train": {}}
+    with pytest.raises(study.DependencyMissing, match="hard_es/seed0"):
+        study.resolve(cfg, runs)
+    (runs / "hard_es" / "seed0").mkdir(parents=True)
+    (runs / "hard_es" / "seed0" / "result.json").write_text(json.dumps({"best_checkpoint": "checkpoints/step_40"}))
+    resolved = study.resolve(cfg, runs)
+    assert resolved["model"]["init_from"] == str(runs / "hard_es" / "seed0" / "checkpoints" / "step_40")
+    assert cfg["model"]["init_from"] == "@best:hard_es/seed0"  # the run's own config is not changed
+    (runs / "single_task" / "seed0" / "a").mkdir(parents=True)
+    with pytest.raises(study.DependencyMissing, match="single_task/seed0"):
+        study.resolve({"train": {"distill_from": str(runs / "single_task" / "seed0")}}, runs)
