@@ -115,7 +115,7 @@ def _checkpoints_at(path: Path) -> list[Path]:
     if is_run_folder(path):
         best = best_of_run(path)
         if best is None:
-            raise ConfigError(f"{KEY}: {path} is a run folder without a checkpoint")
+            raise ConfigError(f"{KEY}: {path} is a run folder without a checkpoint (deleted after the run?)")
         return [best]
     return []
 
@@ -291,7 +291,7 @@ class Distiller:
         teachers = [Teacher.read(p, keys) for p in find_teachers(tcfg.distill_from or [])]
         specs = {t: d.spec for t, d in data.items()}
         assigned = assign_teachers(specs, teachers)
-        unsupervised = sorted(t for t in assigned if get_task_type(specs[t].type).label_kind not in DISTILLED_KINDS)
+        unsupervised = sorted(t for t in specs if get_task_type(specs[t].type).label_kind not in DISTILLED_KINDS)
         assigned = {t: teacher for t, teacher in assigned.items() if t not in unsupervised}
         student_tokenizer = AutoTokenizer.from_pretrained(tokenizer_location(cfg), trust_remote_code=False)
         for task, teacher in sorted(assigned.items()):
@@ -333,7 +333,7 @@ class Distiller:
                 how = "computed" if task in computed else "cached"
                 echo(f"distill: {task} <- {teacher.path} (outputs {how}: {entries[task][0]})")
             for task in sorted(set(specs) - set(assigned)):
-                reason = "unsupervised: its own loss" if task in unsupervised else "no teacher: hard labels only"
+                reason = "unsupervised: its own loss only" if task in unsupervised else "no teacher: hard labels only"
                 echo(f"distill: {task} not distilled ({reason})")
         return distiller
 

@@ -169,17 +169,20 @@ def test_teacher_outputs_are_computed_once_equal_a_direct_forward_and_are_reused
 def test_a_task_without_teacher_trains_on_hard_labels_and_is_logged(
     teachers, tiny_encoder_dir, tiny_task_files, tmp_path, capsys
 ):
-    cfg = student_cfg(
-        tiny_encoder_dir, tiny_task_files, teachers, tmp_path / "s", tasks=("sentiment", "match"), max_steps=4
-    )
+    d = cfg_dict(tiny_encoder_dir, tiny_task_files, tmp_path / "s", tasks=("sentiment", "match"), max_steps=6)
+    d["tasks"]["unsup"] = {"type": "contrastive", "source": str(tiny_task_files["sentiment"]), "text_field": "sentence"}
+    d["data"]["cache_dir"] = str(teachers.parent / "cache")
+    d["train"]["distill_from"] = str(teachers)
+    cfg = config_from_dict(d)
     setup = setup_run(cfg)
     trainer = build_trainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id)
     log = capsys.readouterr().out
     assert "distill: match not distilled (no teacher: hard labels only)" in log
+    assert "distill: unsup not distilled (unsupervised: its own loss only)" in log
     assert f"distill: sentiment <- {best(teachers / 'sentiment')} (outputs " in log
-    keys = set().union(*(trainer.train_step() for _ in range(4)))
-    assert {"loss/match", "loss/sentiment", "loss/sentiment/soft", "loss/sentiment/hard"} <= keys
-    assert "loss/match/soft" not in keys
+    keys = set().union(*(trainer.train_step() for _ in range(6)))
+    assert {"loss/match", "loss/sentiment", "loss/sentiment/soft", "loss/sentiment/hard", "loss/unsup"} <= keys
+    assert not {"loss/match/soft", "loss/unsup/soft"} & keys
 
 
 # --------------------------------------------------------------------------- bad input
