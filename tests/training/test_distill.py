@@ -308,3 +308,38 @@ def test_student_distilled_from_a_folder_of_teachers_logs_the_soft_loss(
             mixed = (1 - alpha) * r[f"loss/{task}/hard"] + alpha * r[f"loss/{task}/soft"]
             assert r[f"loss/{task}"] == pytest.approx(mixed, rel=1e-6)
             assert r[f"loss/{task}/soft"] > 0
+
+
+def _distributed_worker(rank: int, cfg: dict, rendezvous: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        kd = build(config_from_dict(cfg)).distill
+        result = {"teacher_batches": kd.teacher_batches, "sum": {t: float(v.sum()) for t, v in kd.targets.items()}}
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_data_parallelism_rank_0_computes_and_the_other_rank_reads(
+    teachers, tiny_encoder_dir, tiny_task_files, tmp_path
+):
+    d = cfg_dict(tiny_encoder_dir, tiny_task_files, tmp_path / "s", distill_from=str(teachers))
+    d["data"]["cache_dir"] = str(tmp_path / "own-cache")  # empty: nothing cached yet
+    out = tmp_path / "result"
+    torch.multiprocessing.spawn(_distributed_worker, args=(d, str(tmp_path / "rdv"), str(out)), nprocs=2)
+    results = [json.loads((tmp_path / f"result.{r}").read_text()) for r in (0, 1)]
+    assert results[0]["teacher_batches"] > 0 and results[1]["teacher_batches"] == 0
+    assert results[0]["sum"] == results[1]["sum"] and sorted(results[0]["sum"]) == ["score", "sentiment"]
+
+
+def test_workers_get_absolute_teacher_paths(tiny_encoder_dir, tiny_task_files, tmp_path, monkeypatch):
+    from mtl_ray.training.driver import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    for given, want in (("t/a", str(tmp_path / "t/a")), (["t/a", "b"], [str(tmp_path / "t/a"), str(tmp_path / "b")])):
+        cfg = config_from_dict(cfg_dict(tiny_encoder_dir, tiny_task_files, tmp_path / "s", distill_from=given))
+        assert absolute_paths(cfg).train.distill_from == want
