@@ -133,6 +133,12 @@ class TrainConfig:
     # frozen trunk only: cache its outputs per training example ("auto": in memory up to 1 GiB, else a
     # numpy memmap on disk; "memory"; "disk"; "off": run the trunk on every step)
     trunk_cache: str = "auto"
+    # knowledge distillation (MT-DNN-KD, Liu et al. 2019; mtl_ray/training/distill.py): teacher checkpoints —
+    # a checkpoint, a run folder (its best checkpoint), a folder of those one level deep, or a list of any;
+    # each task with a teacher trains on (1 - distill_alpha) x hard loss + distill_alpha x soft loss
+    distill_from: str | list[str] | None = None
+    distill_temperature: float = 2.0  # T: softmax temperature of teacher and student logits (classification)
+    distill_alpha: float = 0.5  # weight of the soft (teacher) loss; 1 - alpha on the hard labels
 
     def __post_init__(self) -> None:
         if self.trunk_cache not in ("auto", "memory", "disk", "off"):
@@ -150,6 +156,16 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.temperature <= 0:
             raise ConfigError(f"train.temperature: must be > 0, got {self.temperature}")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ConfigError(f"train.distill_alpha: must be in [0, 1], got {self.distill_alpha}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"train.distill_temperature: must be > 0, got {self.distill_temperature}")
+        if self.distill_from is not None and not self.distill_from:
+            raise ConfigError("train.distill_from: empty; give a checkpoint, a folder of them, or a list")
+        if self.distill_from and self.freeze_shared:
+            raise ConfigError(
+                "train.distill_from: not supported with train.freeze_shared (the frozen trunk computes its own loss)"
+            )
 
 
 @dataclass
@@ -321,6 +337,11 @@ class Config:
                 raise ConfigError(f"tasks.{name}.name: must equal its key, got {task.name!r}")
         if self.model.sharing_depth is not None and self.model.sharing_depth > 64:
             raise ConfigError(f"model.sharing_depth: {self.model.sharing_depth} is larger than any encoder")
+        if self.train.distill_from and self.ray.streaming:
+            raise ConfigError(
+                "train.distill_from: not supported with ray.streaming (teacher outputs are cached per row of an "
+                "in-memory train split; a streamed split has no rows to index)"
+            )
 
 
 # --------------------------------------------------------------------------- loading

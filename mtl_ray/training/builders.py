@@ -17,6 +17,7 @@ from mtl_ray.device import resolve_device
 from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec
+from mtl_ray.training.distill import Distiller
 from mtl_ray.training.frozen import FrozenTrunk, load_shared_from
 from mtl_ray.training.loop import MultiTaskTrainer, RowStream
 from mtl_ray.training.optim import build_optimizer, build_scheduler
@@ -111,6 +112,12 @@ def build_trainer(
         FrozenTrunk.for_training(cfg, model, {t: data[t] for t in sizes if t in data}) if tcfg.freeze_shared else None
     )
     optimizer = build_optimizer(model, weighting, tcfg)
+    # train.distill_from: teachers checked against the tasks, their outputs read from (or put in) the cache
+    distill = (
+        Distiller.for_training(cfg, model, {t: data[t] for t in sizes if t in data}, pad_token_id, device)
+        if tcfg.distill_from
+        else None
+    )
     return MultiTaskTrainer(
         tcfg,
         model,
@@ -123,4 +130,5 @@ def build_trainer(
         frozen=frozen,
         device=device,
         train_streams=streams,
+        distill=distill,
     )

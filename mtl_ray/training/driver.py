@@ -60,6 +60,11 @@ def absolute_paths(cfg: Config) -> Config:
             task["source"] = str(Path(src).expanduser().resolve())
     if d["model"].get("init_from") and not is_uri(d["model"]["init_from"]):
         d["model"]["init_from"] = str(Path(d["model"]["init_from"]).expanduser().resolve())
+    distill_from = d["train"]["distill_from"]  # teacher checkpoints, read on the workers
+    if distill_from:
+        entries = [distill_from] if isinstance(distill_from, str) else distill_from
+        resolved = [str(Path(e).expanduser().resolve()) for e in entries]
+        d["train"]["distill_from"] = resolved[0] if isinstance(distill_from, str) else resolved
     enc = d["model"]["encoder"]
     if not enc.startswith("builtin:") and Path(enc).expanduser().exists():
         d["model"]["encoder"] = str(Path(enc).expanduser().resolve())

@@ -22,7 +22,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from mtl_ray.training.samplers import TaskSampler
 from mtl_ray.training.streams import TaskStream
 from mtl_ray.training.task_data import TaskData
 from mtl_ray.training.weighting import LossWeighting
+
+if TYPE_CHECKING:
+    from mtl_ray.training.distill import Distiller
 
 STATE_VERSION = 1
 
@@ -73,11 +76,13 @@ class MultiTaskTrainer:
         frozen: FrozenTrunk | None = None,
         device: torch.device | str | None = None,
         train_streams: Mapping[str, RowStream] | None = None,
+        distill: Distiller | None = None,
     ) -> None:
         """``train_streams``: tasks whose training rows come from a stream (e.g. a Ray Data shard)
         instead of ``data[task].splits["train"]``; their ``data`` entry holds only eval splits.
         ``frozen`` (``train.freeze_shared``): the frozen trunk that computes (or reads cached) trunk
-        outputs, so a step runs only the task's own layers and head."""
+        outputs, so a step runs only the task's own layers and head. ``distill`` (``train.distill_from``):
+        the loss of the tasks it has teacher outputs for (``training/distill.py``)."""
         self.tcfg = tcfg
         self.device = torch.device(device) if device is not None else resolve_device(tcfg.device)
         self.rank, self.world_size = dist_utils.rank_and_world()
@@ -96,6 +101,7 @@ class MultiTaskTrainer:
         self.scheduler = scheduler
         self.sampler = sampler
         self.frozen = frozen  # train.freeze_shared: the trunk's (cached) outputs feed the towers
+        self.distill = distill  # train.distill_from: hard + soft (teacher) loss per distilled task
         self.streams: dict[str, TaskStream | RowStream] = {
             t: self.external.get(t) or TaskStream(t, sizes[t], self.tcfg.seed, self.rank, self.world_size)
             for t in self.train_tasks
@@ -114,12 +120,13 @@ class MultiTaskTrainer:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _next_examples(self, task: str) -> list[dict[str, Any]]:
-        """This rank's ``batch_size`` tokenized training examples of ``task``."""
+    def _next_examples(self, task: str) -> tuple[list[dict[str, Any]], list[int] | None]:
+        """This rank's ``batch_size`` tokenized training examples of ``task`` and their indices in its
+        train split (None for a streamed task)."""
         if task in self.external:
-            return self.external[task].next_rows(self.tcfg.batch_size)
+            return self.external[task].next_rows(self.tcfg.batch_size), None
         idx = self.streams[task].next_batch(self.tcfg.batch_size)
-        return rows(self.data[task].splits["train"], idx)
+        return rows(self.data[task].splits["train"], idx), idx
 
     def _seed_step(self) -> None:
         # Dropout randomness is a pure function of (seed, step, rank): resuming needs no RNG state.
@@ -140,10 +147,13 @@ class MultiTaskTrainer:
         for _ in range(accum):
             task = self.sampler.sample(self.step)
             step_weights.append(weights[task])
-            examples = self._next_examples(task)
+            examples, idx = self._next_examples(task)
             batch = self._to_device(collate(examples, self.pad_token_id))
             with self._autocast():
-                task_loss = self.model.loss(task, batch) if self.frozen is None else self.frozen.loss(task, batch)
+                if self.distill is not None and idx is not None and self.distill.teaches(task):
+                    task_loss = self.distill.loss(task, batch, idx)  # train.distill_from
+                else:
+                    task_loss = self.model.loss(task, batch) if self.frozen is None else self.frozen.loss(task, batch)
             total = self.weighting.combine({task: task_loss.float()}) / accum
             total.backward()
             losses[task].append(float(task_loss.detach()))
@@ -165,6 +175,8 @@ class MultiTaskTrainer:
         out = {"step": float(self.step), "lr": lr}
         out.update({f"loss/{t}": v for t, v in step_losses.items()})
         out.update({f"weight/{t}": w for t, w in self.weighting.weights().items()})
+        if self.distill is not None:  # loss/<task>/hard and loss/<task>/soft of the distilled tasks
+            out.update(self.distill.pop_metrics(self.device))
         return out
 
     @staticmethod
