@@ -96,7 +96,9 @@ def test_masking_statistics_are_bert_s_80_10_10_on_non_special_tokens():
     assert torch.equal(labels[chosen], ids[chosen])
     assert torch.equal(masked[~chosen], ids[~chosen])  # unchosen tokens are untouched
     n = int(chosen.sum())
-    assert n / int(candidates.sum()) == pytest.approx(0.15, abs=0.005)  # ~20k candidates: std 0.0025 (seeded: deterministic)
+    assert n / int(candidates.sum()) == pytest.approx(
+        0.15, abs=0.005
+    )  # ~20k candidates: std 0.0025 (seeded: deterministic)
     to_mask = (masked[chosen] == MASK).float().mean().item()
     kept = (masked[chosen] == ids[chosen]).float().mean().item()
     assert to_mask == pytest.approx(0.8, abs=0.02)
@@ -277,9 +279,7 @@ def _splits(**columns_by_split):
 
 
 def test_task_texts_add_train_texts_only_and_never_a_held_out_text():
-    own = _splits(
-        train={"text": ["u1", "u2", "leaked test text"]}, validation={"text": ["uv"]}, test={"text": ["ut"]}
-    )
+    own = _splits(train={"text": ["u1", "u2", "leaked test text"]}, validation={"text": ["uv"]}, test={"text": ["ut"]})
     cls = _splits(
         train={"text": ["c1", "u1", "c2", "c-val"], "label": [0, 1, 0, 1]},
         validation={"text": ["c-val"], "label": [0]},
