@@ -62,12 +62,32 @@ class TaskConfig:
     max_length: int = 128  # tokens per example (pairs: both texts together)
     max_train_examples: int | None = None  # deterministic subsample of the train split
     max_eval_examples: int | None = None  # deterministic subsample of validation / test
+    # unsupervised tasks (contrastive, mlm): also train on the train-split texts of every other task in the
+    # config, labels dropped (both texts of a pair, each as its own text); never their validation / test texts
+    include_task_texts: bool = False
+    # mlm only: fraction of a text's non-special tokens that are masked (BERT's 80/10/10); None -> 0.15
+    mask_probability: float | None = None
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
             raise ConfigError(
                 f"tasks.{self.name}.type: unknown task type {self.type!r}; valid: {', '.join(sorted(TASK_TYPES))}"
             )
+        if self.include_task_texts and TASK_TYPES[self.type].supervised:
+            raise ConfigError(
+                f"tasks.{self.name}.include_task_texts: only an unsupervised task (e.g. contrastive, mlm) trains on "
+                f"other tasks' texts; this is a {self.type} task"
+            )
+        if self.mask_probability is not None:
+            # a type that masks tokens says so by declaring the key (mtl_ray/tasks/mlm.py)
+            masking = sorted(n for n, t in TASK_TYPES.items() if "mask_probability" in getattr(t, "config_keys", ()))
+            if self.type not in masking:
+                raise ConfigError(
+                    f"tasks.{self.name}.mask_probability: a {self.type} task masks no tokens; only "
+                    f"{', '.join(masking) or '(none)'} tasks read it"
+                )
+            if not 0 < self.mask_probability < 1:
+                raise ConfigError(f"tasks.{self.name}.mask_probability: must be in (0, 1), got {self.mask_probability}")
         if not self.source:
             raise ConfigError(f"tasks.{self.name}.source: required (e.g. 'builtin:rt_sentiment' or a file path)")
         if TASK_TYPES[self.type].is_pair and not self.text_pair_field:

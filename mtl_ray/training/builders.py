@@ -12,11 +12,12 @@ import torch
 
 from mtl_ray.config import Config
 from mtl_ray.data.sources import load_task_splits
+from mtl_ray.data.task_texts import add_task_texts
 from mtl_ray.data.tokenize import tokenize_split
 from mtl_ray.device import resolve_device
 from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
-from mtl_ray.tasks.base import TaskSpec
+from mtl_ray.tasks.base import TaskSpec, resolve_spec
 from mtl_ray.training.distill import Distiller
 from mtl_ray.training.frozen import FrozenTrunk, load_shared_from
 from mtl_ray.training.loop import MultiTaskTrainer, RowStream
@@ -45,7 +46,7 @@ def load_specs_and_splits(
             splits, label_names = load_task_splits(task, cfg.data)
         specs[name] = TaskSpec.from_config(task, label_names)
         raw[name] = splits
-    return specs, raw
+    return specs, add_task_texts(cfg.tasks, raw)  # include_task_texts: other tasks' train texts
 
 
 def tokenize_tasks(
@@ -65,6 +66,7 @@ def tokenize_tasks(
 def build_model(cfg: Config, specs: dict[str, TaskSpec]) -> tuple[MultiTaskModel, Any]:
     """The pretrained encoder cut at ``model.sharing_depth``, with a head per task, and its tokenizer."""
     encoder, tokenizer = load_encoder(cfg.model.encoder, cfg.data.resolved_cache_dir())
+    specs = {t: resolve_spec(s, cfg.tasks[t], tokenizer) for t, s in specs.items()}  # e.g. mlm: the [MASK] id
     model = MultiTaskModel(
         encoder,
         specs,

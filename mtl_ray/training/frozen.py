@@ -86,6 +86,11 @@ class FrozenTrunk:
         """Freeze the trunk; one cache per trained in-memory task unless ``train.trunk_cache`` is off.
         ``data``: ``{task: TaskData}`` as the trainer holds it."""
         for task in sorted(data):
+            if getattr(get_task_type(model.specs[task].type), "model_loss", None) is not None:
+                raise ConfigError(
+                    f"tasks.{task}: a {model.specs[task].type} task trains the shared encoder on its own inputs "
+                    "(its loss runs the whole model), which train.freeze_shared freezes; drop one of the two"
+                )
             if trainable_parameter_count(model, task) == 0:
                 spec = model.specs[task]
                 raise ConfigError(
