@@ -1,6 +1,6 @@
 """``model.init_from``: start a model from a trained checkpoint, possibly cut deeper (stage 2).
 
-A checkpoint at sharing depth d and a model at depth k <= d (same encoder, same pooling):
+A checkpoint at sharing depth d and a model at depth k < d (same encoder, same pooling):
 
     model                         <- checkpoint
     embeddings, layers 1..k       <- shared.embeddings, shared.layers 0..k-1          (bit-identical)
@@ -9,11 +9,15 @@ A checkpoint at sharing depth d and a model at depth k <= d (same encoder, same 
     task t: head                  <- heads.t                    (when t is in the checkpoint; same type
                                                                  and labels, else an error naming t)
 
-A task the checkpoint does not have gets a fresh head; at d = k its layers k+1..L stay the pretrained
-encoder's (``mtl-ray add-task``: a new task on a live model). At d = L (a stage-1 hard-sharing
-checkpoint) every task's layers k+1..L are the stage-1 layers: MT-DNN-style per-task fine-tuning
-on top of a shared trunk that stays the stage-1 trunk (``train.freeze_shared``), so Serve's
-shared-weight fingerprint of the result equals that of any model cut at k from the same stage 1.
+That is for a checkpoint cut deeper than the model (d > k, stage 2). At d = L (a stage-1 hard-sharing
+checkpoint) every task's layers k+1..L are the stage-1 layers: MT-DNN-style per-task fine-tuning on
+top of a shared trunk that stays the stage-1 trunk (``train.freeze_shared``), so Serve's shared-weight
+fingerprint of the result equals that of any model cut at k from the same stage 1; a task the
+checkpoint does not have gets the stage-1 layers and a fresh head.
+
+A checkpoint cut at the model's own depth (d = k) gives only its trunk: towers stay the pretrained
+encoder's and heads are fresh. That is ``mtl-ray add-task``: a new head against a live trunk, and
+``--replace`` may change an existing task's labels.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def init_from_checkpoint(
     for key, value in state.items():  # embeddings (+ projection) and layers 1..k
         if key.startswith(SHARED_PREFIX) and _layer_index(key, SHARED_PREFIX + "layers.") < k:
             target[key] = value
-    for task in model.task_names:
+    for task in model.task_names if depth > k else ():
         if task in saved_specs:
             _check_head(where, task, saved_specs[task], model)
             target.update(_with_prefix(state, f"{HEADS_PREFIX}{task}.", f"{HEADS_PREFIX}{task}."))
@@ -100,18 +104,17 @@ def init_from_checkpoint(
                 target.update(_with_prefix(state, f"{SHARED_PREFIX}layers.{j}.", dst))
             elif task in saved_specs:
                 target.update(_with_prefix(state, f"{TASK_LAYERS_PREFIX}{task}.{j - depth}.", dst))
-            elif depth > k:
+            else:
                 raise CheckpointError(
                     f"{where}: task {task!r} is not in the checkpoint (tasks: {', '.join(sorted(saved_specs))}), whose "
                     f"layers {depth + 1}..{num_layers} are per task; a new task needs a checkpoint at depth "
-                    f"{k} or {num_layers}"
+                    f"{num_layers} (stage 2) or {k} (add-task)"
                 )
     own = model.state_dict()
     wrong = sorted(key for key, value in target.items() if key not in own or own[key].shape != value.shape)
     from_checkpoint = [SHARED_PREFIX]
-    for task in model.task_names:
-        if task in saved_specs or depth > k:
-            from_checkpoint.append(f"{TASK_LAYERS_PREFIX}{task}.")
+    for task in model.task_names if depth > k else ():
+        from_checkpoint.append(f"{TASK_LAYERS_PREFIX}{task}.")
         if task in saved_specs:
             from_checkpoint.append(f"{HEADS_PREFIX}{task}.")
     missing = sorted(key for key in own if key.startswith(tuple(from_checkpoint)) and key not in target)

@@ -81,6 +81,17 @@ def test_towers_are_the_stage1_layers_and_heads_are_kept(cfg_of, stage1, depth):
     )
 
 
+def test_a_checkpoint_at_the_same_depth_gives_only_its_trunk(cfg_of, stage1):
+    # the add-task path: towers stay the pretrained encoder's, heads are fresh (--replace may change labels)
+    path, s1 = stage1(2)
+    state = setup_run(stage2_cfg(cfg_of, path, k=2)).model.state_dict()
+    fresh = setup_run(cfg_of(2, run="fresh")).model.state_dict()  # same seed: same fresh heads
+    for key, value in state.items():
+        expected = s1[key] if key.startswith("shared.") else fresh[key]
+        assert torch.equal(value, expected), key
+    assert not torch.equal(state["heads.score.proj.weight"], s1["heads.score.proj.weight"])
+
+
 def test_shared_weights_stay_bit_identical_and_only_towers_train(cfg_of, stage1, tmp_path):
     path, s1 = stage1()
     cfg = stage2_cfg(cfg_of, path, k=2, max_steps=8)
