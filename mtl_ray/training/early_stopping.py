@@ -8,9 +8,11 @@ test scoring and the returned model are the best, not the last. Two trackers, on
 - :class:`RunEarlyStopping` monitors the validation aggregate (a single task: its primary metric);
 - :class:`PerTaskEarlyStopping` (``train.early_stopping_per_task``, stage 2 on a frozen trunk with
   k < L) monitors each task's primary metric: a stopped task leaves the task sampler
-  (:class:`ActiveTaskSampler`), the run ends when every task stopped, and each task's tower + head of
-  ITS best evaluation is restored before the final evaluation, so the last checkpoint holds them.
-  The towers are independent given the frozen trunk, so that combination scores each task's best.
+  (:class:`ActiveTaskSampler`), the run ends when every monitored task stopped, and each task's
+  tower + head of ITS best evaluation is restored before the final evaluation, so the last checkpoint
+  holds them. The towers are independent given the frozen trunk, so that combination scores each
+  task's best. A task without a validation score (contrastive) is not monitored: it trains, and keeps
+  its last weights, until the monitored tasks have stopped.
 
 Rank agreement: the scores are broadcast from rank 0 before any decision, so every Ray Train worker
 updates the same state and stops at the same step. Resume: the counters and the best weights (only
@@ -274,13 +276,14 @@ def build_early_stopping(cfg: Config, model: MultiTaskModel, data: Mapping[str, 
             f"is k = L ({model.num_layers} layers); use train.early_stopping_patience alone"
         )
     metrics = {}
-    for task in sorted(data):
+    for task in sorted(data):  # a task without a validation score (contrastive) trains while others do
         spec = model.specs[task]
         primary = get_task_type(spec.type).primary_metric
-        if primary is None or primary not in (spec.metrics or ()) or "validation" not in data[task].splits:
-            raise ConfigError(
-                f"train.early_stopping_per_task: task {task!r} ({spec.type}) has no validation primary metric to "
-                "stop on; train it in another run"
-            )
-        metrics[task] = primary
+        if primary is not None and primary in (spec.metrics or ()) and "validation" in data[task].splits:
+            metrics[task] = primary
+    if not metrics:
+        raise ConfigError(
+            f"train.early_stopping_per_task: no trained task has a validation primary metric to stop on "
+            f"(tasks: {', '.join(sorted(data))})"
+        )
     return PerTaskEarlyStopping(metrics, tcfg.early_stopping_patience, tcfg.early_stopping_min_delta)

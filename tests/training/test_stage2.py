@@ -224,3 +224,20 @@ def test_per_task_config_errors(cfg_of):
         "train.early_stopping_per_task: needs per-task layers, but model.sharing_depth 4 is k = L (4 layers); "
         "use train.early_stopping_patience alone"
     )
+
+
+def test_per_task_needs_a_task_with_a_validation_score(cfg_of, tiny_task_files):
+    d = config_to_dict(cfg_of(2, freeze_shared=True, early_stopping_patience=2, early_stopping_per_task=True))
+    d["tasks"] = {
+        "unsup": {
+            "name": "unsup",
+            "type": "contrastive",
+            "source": str(tiny_task_files["sentiment"]),
+            "text_field": "sentence",
+        }
+    }
+    with pytest.raises(ConfigError) as err:
+        trainer_of(config_from_dict(d))
+    assert str(err.value) == (
+        "train.early_stopping_per_task: no trained task has a validation primary metric to stop on (tasks: unsup)"
+    )
