@@ -109,8 +109,9 @@ class ModelConfig:
     pooling: str = "mean"  # "mean" over non-padding tokens, or "cls"
     head_dropout: float = 0.1  # dropout before each task head
     contrastive_temperature: float = DEFAULT_TEMPERATURE  # SimCSE softmax temperature (Gao et al. 2021)
-    # a checkpoint whose shared weights (embeddings + layers 1..k) replace the pretrained ones at build
-    # time; its encoder, sharing depth and pooling must equal this config's (mtl_ray/training/frozen.py)
+    # a trained checkpoint to start from: embeddings + layers 1..k, every task's layers k+1..L and the heads
+    # of tasks it has (same labels) come from it; same encoder and pooling, its sharing depth >= this
+    # config's (stage 2: a stage-1 checkpoint at depth L; mtl_ray/training/init_from.py)
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -159,8 +160,17 @@ class TrainConfig:
     distill_from: str | list[str] | None = None
     distill_temperature: float = 2.0  # T: softmax temperature of teacher and student logits (classification)
     distill_alpha: float = 0.5  # weight of the soft (teacher) loss; 1 - alpha on the hard labels
+    # stop after this many evaluations without improvement of the validation aggregate (a single task:
+    # its primary metric); the best evaluation's weights are restored for test scoring. None: off
+    # (mtl_ray/training/early_stopping.py)
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.0  # an evaluation improves only if it beats the best by more than this
+    # stage 2 (freeze_shared, k < L): every task stops on its own validation primary metric (patience as
+    # above), leaves the task sampler, and its tower + head at its best evaluation are restored at the end
+    early_stopping_per_task: bool = False
 
     def __post_init__(self) -> None:
+        self._check_early_stopping()
         if self.trunk_cache not in ("auto", "memory", "disk", "off"):
             raise ConfigError(f"train.trunk_cache: unknown {self.trunk_cache!r}; valid: auto, memory, disk, off")
         if self.sampler not in SAMPLERS:
@@ -186,6 +196,25 @@ class TrainConfig:
             raise ConfigError(
                 "train.distill_from: not supported with train.freeze_shared (the frozen trunk computes its own loss)"
             )
+
+    def _check_early_stopping(self) -> None:
+        patience = self.early_stopping_patience
+        if patience is not None and patience < 1:
+            raise ConfigError(f"train.early_stopping_patience: must be >= 1 (evaluations), got {patience}")
+        if patience is not None and self.eval_every >= self.max_steps:
+            raise ConfigError(
+                f"train.early_stopping_patience: the run evaluates only once (train.eval_every {self.eval_every} >= "
+                f"train.max_steps {self.max_steps}), so there is nothing to stop early; lower train.eval_every"
+            )
+        if self.early_stopping_min_delta < 0:
+            raise ConfigError(f"train.early_stopping_min_delta: must be >= 0, got {self.early_stopping_min_delta}")
+        if self.early_stopping_per_task and not self.freeze_shared:
+            raise ConfigError(
+                "train.early_stopping_per_task: needs train.freeze_shared=true (tasks stop one by one only when "
+                "they share nothing that trains)"
+            )
+        if self.early_stopping_per_task and patience is None:
+            raise ConfigError("train.early_stopping_per_task: needs train.early_stopping_patience")
 
 
 @dataclass
@@ -361,6 +390,11 @@ class Config:
             raise ConfigError(
                 "train.distill_from: not supported with ray.streaming (teacher outputs are cached per row of an "
                 "in-memory train split; a streamed split has no rows to index)"
+            )
+        if self.train.early_stopping_per_task and self.model.sharing_depth is None:
+            raise ConfigError(
+                "train.early_stopping_per_task: needs per-task layers (model.sharing_depth k < L); at k = L "
+                "(model.sharing_depth null) use train.early_stopping_patience alone"
             )
 
 

@@ -19,7 +19,9 @@ from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec, resolve_spec
 from mtl_ray.training.distill import Distiller
-from mtl_ray.training.frozen import FrozenTrunk, load_shared_from
+from mtl_ray.training.early_stopping import ActiveTaskSampler, PerTaskEarlyStopping, build_early_stopping
+from mtl_ray.training.frozen import FrozenTrunk
+from mtl_ray.training.init_from import init_from_checkpoint
 from mtl_ray.training.loop import MultiTaskTrainer, RowStream
 from mtl_ray.training.optim import build_optimizer, build_scheduler
 from mtl_ray.training.samplers import build_sampler
@@ -75,10 +77,11 @@ def build_model(cfg: Config, specs: dict[str, TaskSpec]) -> tuple[MultiTaskModel
         head_dropout=cfg.model.head_dropout,
         contrastive_temperature=cfg.model.contrastive_temperature,
     )
-    if cfg.model.init_from:  # shared weights from a trained checkpoint (training/frozen.py)
+    if cfg.model.init_from:  # trunk, towers and heads from a trained checkpoint (training/init_from.py)
         from mtl_ray.crypto import CheckpointKeys
 
-        load_shared_from(model, cfg.model.init_from, cfg.model.pooling, CheckpointKeys.from_config(cfg.checkpoint))
+        keys = CheckpointKeys.from_config(cfg.checkpoint)
+        init_from_checkpoint(model, cfg.model.init_from, cfg.model.encoder, cfg.model.pooling, keys)
     return model, tokenizer
 
 
@@ -120,6 +123,10 @@ def build_trainer(
         if tcfg.distill_from
         else None
     )
+    early_stopping = build_early_stopping(cfg, model, {t: data[t] for t in sizes if t in data})
+    sampler = build_sampler(tcfg.sampler, sizes, tcfg, tcfg.seed)
+    if isinstance(early_stopping, PerTaskEarlyStopping):  # a stopped task is drawn no more
+        sampler = ActiveTaskSampler(sampler, early_stopping.is_active)
     return MultiTaskTrainer(
         tcfg,
         model,
@@ -128,8 +135,9 @@ def build_trainer(
         weighting=weighting,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, tcfg),
-        sampler=build_sampler(tcfg.sampler, sizes, tcfg, tcfg.seed),
+        sampler=sampler,
         frozen=frozen,
+        early_stopping=early_stopping,
         device=device,
         train_streams=streams,
         distill=distill,

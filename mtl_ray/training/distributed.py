@@ -63,6 +63,15 @@ def sum_across_ranks(value: float, device: torch.device | str = "cpu") -> float:
     return float(t.item())
 
 
+def broadcast_floats(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Rank 0's ``values`` on every rank (float64, exact): decisions taken from them then agree."""
+    if not is_distributed() or not values:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return [float(v) for v in t.tolist()]
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (a one-element list in a single process)."""
     if not is_distributed():

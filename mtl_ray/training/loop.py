@@ -32,6 +32,7 @@ from mtl_ray.data.tokenize import collate
 from mtl_ray.device import resolve_device
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.training import distributed as dist_utils
+from mtl_ray.training.early_stopping import Tracker
 from mtl_ray.training.evaluation import evaluate_model, rows
 from mtl_ray.training.frozen import FrozenTrunk
 from mtl_ray.training.metrics import aggregate_score
@@ -74,6 +75,7 @@ class MultiTaskTrainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         sampler: TaskSampler,
         frozen: FrozenTrunk | None = None,
+        early_stopping: Tracker | None = None,
         device: torch.device | str | None = None,
         train_streams: Mapping[str, RowStream] | None = None,
         distill: Distiller | None = None,
@@ -82,7 +84,8 @@ class MultiTaskTrainer:
         instead of ``data[task].splits["train"]``; their ``data`` entry holds only eval splits.
         ``frozen`` (``train.freeze_shared``): the frozen trunk that computes (or reads cached) trunk
         outputs, so a step runs only the task's own layers and head. ``distill`` (``train.distill_from``):
-        the loss of the tasks it has teacher outputs for (``training/distill.py``)."""
+        the loss of the tasks it has teacher outputs for (``training/distill.py``). ``early_stopping``
+        (``train.early_stopping_patience``): when ``fit`` stops and which weights it restores."""
         self.tcfg = tcfg
         self.device = torch.device(device) if device is not None else resolve_device(tcfg.device)
         self.rank, self.world_size = dist_utils.rank_and_world()
@@ -102,6 +105,7 @@ class MultiTaskTrainer:
         self.sampler = sampler
         self.frozen = frozen  # train.freeze_shared: the trunk's (cached) outputs feed the towers
         self.distill = distill  # train.distill_from: hard + soft (teacher) loss per distilled task
+        self.early_stopping = early_stopping  # training/early_stopping.py
         self.streams: dict[str, TaskStream | RowStream] = {
             t: self.external.get(t) or TaskStream(t, sizes[t], self.tcfg.seed, self.rank, self.world_size)
             for t in self.train_tasks
@@ -206,7 +210,7 @@ class MultiTaskTrainer:
     # ---------------------------------------------------------------- resumable state
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "version": STATE_VERSION,
             "step": self.step,
             "examples_seen": self.examples_seen,
@@ -217,6 +221,9 @@ class MultiTaskTrainer:
             "streams": {t: s.state_dict() for t, s in self.streams.items()},
             "weighting": {"params": self.weighting.state_dict(), "extra": self.weighting.extra_state()},
         }
+        if self.early_stopping is not None:
+            state["early_stopping"] = self.early_stopping.state_dict(self.model)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("version", -1)) != STATE_VERSION:
@@ -232,6 +239,8 @@ class MultiTaskTrainer:
             self.streams[t].load_state_dict(s)
         self.weighting.load_state_dict(state["weighting"]["params"])
         self.weighting.load_extra_state(state["weighting"]["extra"])
+        if self.early_stopping is not None and "early_stopping" in state:  # after the model's weights
+            self.early_stopping.load_state_dict(state["early_stopping"], self.model)
 
 
 def fit(
@@ -243,12 +252,14 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run ``trainer`` to ``train.max_steps``: log every ``log_every``, evaluate every ``eval_every``
-    (and at the end). ``on_eval(step, per_task_metrics, aggregate)`` is where callers checkpoint."""
+    (and at the end). ``on_eval(step, per_task_metrics, aggregate)`` is where callers checkpoint.
+    With ``trainer.early_stopping`` the run may end sooner, and the best weights are restored."""
     tcfg = trainer.tcfg
     window_start = time.perf_counter()
     window_examples = trainer.examples_seen
     window_losses: dict[str, list[float]] = defaultdict(list)
-    while trainer.step < tcfg.max_steps:
+    es = trainer.early_stopping
+    while trainer.step < tcfg.max_steps and not (es is not None and es.finished):
         if should_stop is not None and should_stop():
             return
         metrics = trainer.train_step()
@@ -268,6 +279,15 @@ def fit(
             window_losses.clear()
         if trainer.step % tcfg.eval_every == 0 or trainer.step == tcfg.max_steps:
             per_task = trainer.evaluate("validation")
+            aggregate = trainer.aggregate(per_task)
+            if es is not None:  # before on_eval: the checkpoint holds the updated counters
+                es.observe(trainer.step, per_task, aggregate, trainer.model)
+                if es.rewrites_final and (es.finished or trainer.step == tcfg.max_steps):
+                    es.restore(trainer.model)  # per-task bests: the final checkpoint is written from them
+                    per_task = trainer.evaluate("validation")
+                    aggregate = trainer.aggregate(per_task)
             if on_eval is not None:
-                on_eval(trainer.step, per_task, trainer.aggregate(per_task))
+                on_eval(trainer.step, per_task, aggregate)
             window_start, window_examples = time.perf_counter(), trainer.examples_seen
+    if es is not None:
+        es.restore(trainer.model)  # test scoring and the caller get the best weights
