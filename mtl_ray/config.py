@@ -38,7 +38,7 @@ __all__ = [
     "read_yaml_mapping",
 ]
 
-SAMPLERS = ("proportional", "temperature", "uniform", "annealed")
+SAMPLERS = ("proportional", "temperature", "uniform", "annealed", "balanced")
 WEIGHTINGS = ("static", "uncertainty", "dwa")
 POOLINGS = ("mean", "cls")
 
