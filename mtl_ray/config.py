@@ -40,6 +40,7 @@ __all__ = [
 
 SAMPLERS = ("proportional", "temperature", "uniform", "annealed", "balanced")
 WEIGHTINGS = ("static", "uncertainty", "dwa")
+LOSS_SCALINGS = ("none", "auto")
 POOLINGS = ("mean", "cls")
 
 
@@ -133,8 +134,17 @@ class TrainConfig:
     # frozen trunk only: cache its outputs per training example ("auto": in memory up to 1 GiB, else a
     # numpy memmap on disk; "memory"; "disk"; "off": run the trunk on every step)
     trunk_cache: str = "auto"
+    # several tasks per micro-batch (Aghajanyan et al. 2021, Muppet): the global micro-batch is split across
+    # tasks by batch_size × workers draws of the task sampler; each task's mean loss is weighted and summed
+    # (mtl_ray/training/mixed_batches.py). False: every micro-batch trains one sampled task
+    mixed_batches: bool = False
+    # per-task loss scale, in both batch modes: "none" (1), or "auto": class-label losses × 1/ln(num_classes),
+    # value-label losses × 1/variance of the train labels, unsupervised losses × 1 (training/loss_scaling.py)
+    loss_scaling: str = "none"
 
     def __post_init__(self) -> None:
+        if self.loss_scaling not in LOSS_SCALINGS:
+            raise ConfigError(f"train.loss_scaling: unknown {self.loss_scaling!r}; valid: {', '.join(LOSS_SCALINGS)}")
         if self.trunk_cache not in ("auto", "memory", "disk", "off"):
             raise ConfigError(f"train.trunk_cache: unknown {self.trunk_cache!r}; valid: auto, memory, disk, off")
         if self.sampler not in SAMPLERS:

@@ -17,8 +17,10 @@ from mtl_ray.device import resolve_device
 from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec
+from mtl_ray.training import distributed as dist_utils
 from mtl_ray.training.frozen import FrozenTrunk, load_shared_from
 from mtl_ray.training.loop import MultiTaskTrainer, RowStream
+from mtl_ray.training.loss_scaling import describe, loss_scales
 from mtl_ray.training.optim import build_optimizer, build_scheduler
 from mtl_ray.training.samplers import build_sampler
 from mtl_ray.training.task_data import TaskData
@@ -111,6 +113,14 @@ def build_trainer(
         FrozenTrunk.for_training(cfg, model, {t: data[t] for t in sizes if t in data}) if tcfg.freeze_shared else None
     )
     optimizer = build_optimizer(model, weighting, tcfg)
+    # train.loss_scaling: one factor per task, from the in-memory train labels (training/loss_scaling.py)
+    scales = loss_scales(
+        tcfg.loss_scaling,
+        {t: data[t].spec for t in sizes},
+        lambda t: None if t in streams else data[t].splits["train"]["labels"],
+    )
+    if tcfg.loss_scaling != "none" and dist_utils.rank_and_world()[0] == 0:
+        print(describe(scales), flush=True)
     return MultiTaskTrainer(
         tcfg,
         model,
@@ -123,4 +133,5 @@ def build_trainer(
         frozen=frozen,
         device=device,
         train_streams=streams,
+        loss_scales=scales,
     )
