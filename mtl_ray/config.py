@@ -38,8 +38,9 @@ __all__ = [
     "read_yaml_mapping",
 ]
 
-SAMPLERS = ("proportional", "temperature", "uniform", "annealed")
+SAMPLERS = ("proportional", "temperature", "uniform", "annealed", "balanced")
 WEIGHTINGS = ("static", "uncertainty", "dwa")
+LOSS_SCALINGS = ("none", "auto")
 POOLINGS = ("mean", "cls")
 
 
@@ -169,8 +170,18 @@ class TrainConfig:
     # above), leaves the task sampler, and its tower + head at its best evaluation are restored at the end
     early_stopping_per_task: bool = False
 
+    # several tasks per micro-batch (Aghajanyan et al. 2021, Muppet): the global micro-batch is split across
+    # tasks by batch_size × workers draws of the task sampler; each task's mean loss is weighted and summed
+    # (mtl_ray/training/mixed_batches.py). False: every micro-batch trains one sampled task
+    mixed_batches: bool = False
+    # per-task loss scale, in both batch modes: "none" (1), or "auto": class-label losses × 1/ln(num_classes),
+    # value-label losses × 1/variance of the train labels, unsupervised losses × 1 (training/loss_scaling.py)
+    loss_scaling: str = "none"
+
     def __post_init__(self) -> None:
         self._check_early_stopping()
+        if self.loss_scaling not in LOSS_SCALINGS:
+            raise ConfigError(f"train.loss_scaling: unknown {self.loss_scaling!r}; valid: {', '.join(LOSS_SCALINGS)}")
         if self.trunk_cache not in ("auto", "memory", "disk", "off"):
             raise ConfigError(f"train.trunk_cache: unknown {self.trunk_cache!r}; valid: auto, memory, disk, off")
         if self.sampler not in SAMPLERS:
@@ -386,6 +397,11 @@ class Config:
                 raise ConfigError(f"tasks.{name}.name: must equal its key, got {task.name!r}")
         if self.model.sharing_depth is not None and self.model.sharing_depth > 64:
             raise ConfigError(f"model.sharing_depth: {self.model.sharing_depth} is larger than any encoder")
+        if self.train.distill_from and self.train.mixed_batches:
+            raise ConfigError(
+                "train.distill_from: not supported with train.mixed_batches (a distilled task's soft loss is "
+                "computed per single-task micro-batch); set train.mixed_batches: false"
+            )
         if self.train.distill_from and self.ray.streaming:
             raise ConfigError(
                 "train.distill_from: not supported with ray.streaming (teacher outputs are cached per row of an "

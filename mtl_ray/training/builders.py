@@ -18,11 +18,13 @@ from mtl_ray.device import resolve_device
 from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec, resolve_spec
+from mtl_ray.training import distributed as dist_utils
 from mtl_ray.training.distill import Distiller
 from mtl_ray.training.early_stopping import ActiveTaskSampler, PerTaskEarlyStopping, build_early_stopping
 from mtl_ray.training.frozen import FrozenTrunk
 from mtl_ray.training.init_from import init_from_checkpoint
 from mtl_ray.training.loop import MultiTaskTrainer, RowStream
+from mtl_ray.training.loss_scaling import describe, loss_scales
 from mtl_ray.training.optim import build_optimizer, build_scheduler
 from mtl_ray.training.samplers import build_sampler
 from mtl_ray.training.task_data import TaskData
@@ -127,6 +129,14 @@ def build_trainer(
     sampler = build_sampler(tcfg.sampler, sizes, tcfg, tcfg.seed)
     if isinstance(early_stopping, PerTaskEarlyStopping):  # a stopped task is drawn no more
         sampler = ActiveTaskSampler(sampler, early_stopping.is_active)
+    # train.loss_scaling: one factor per task, from the in-memory train labels (training/loss_scaling.py)
+    scales = loss_scales(
+        tcfg.loss_scaling,
+        {t: data[t].spec for t in sizes},
+        lambda t: None if t in streams else data[t].splits["train"]["labels"],
+    )
+    if tcfg.loss_scaling != "none" and dist_utils.rank_and_world()[0] == 0:
+        print(describe(scales), flush=True)
     return MultiTaskTrainer(
         tcfg,
         model,
@@ -141,4 +151,5 @@ def build_trainer(
         device=device,
         train_streams=streams,
         distill=distill,
+        loss_scales=scales,
     )

@@ -8,8 +8,13 @@ Per optimizer step: ``grad_accum_steps`` micro-batches, each of ONE task drawn b
 (identical on every rank), each rank taking its slice of that task's global batch; per-task losses
 are combined by the loss weighting, gradients averaged across ranks, clipped, then AdamW steps.
 
+With ``train.mixed_batches`` a micro-batch holds examples of several tasks instead, each task's mean
+loss weighted and summed (``training/mixed_batches.py``). Either way each task loss is first multiplied
+by its ``train.loss_scaling`` scale s_t (``training/loss_scaling.py``; 1 by default).
+
 Clipping acts on the *unweighted* gradient: the model's gradient norm is clipped to
-``max_grad_norm × w̄``, w̄ the mean loss weight of the step's micro-batches. With one task per
+``max_grad_norm × w̄``, w̄ the mean loss weight (w_t · s_t) of the step's micro-batches; a mixed
+micro-batch counts with the mean of w_t · s_t over the tasks it holds. With one task per
 micro-batch, clipping the weighted gradient to a fixed norm would rescale every step to that norm and
 erase the task's weight (on MiniLM the gradient norm is above 1 on almost every step); this way a
 weight of 0.5 still halves the task's update. The weighting's own parameters are clipped on their own.
@@ -36,6 +41,7 @@ from mtl_ray.training.early_stopping import Tracker
 from mtl_ray.training.evaluation import evaluate_model, rows
 from mtl_ray.training.frozen import FrozenTrunk
 from mtl_ray.training.metrics import aggregate_score
+from mtl_ray.training.mixed_batches import MixedBatches
 from mtl_ray.training.samplers import TaskSampler
 from mtl_ray.training.streams import TaskStream
 from mtl_ray.training.task_data import TaskData
@@ -79,8 +85,10 @@ class MultiTaskTrainer:
         device: torch.device | str | None = None,
         train_streams: Mapping[str, RowStream] | None = None,
         distill: Distiller | None = None,
+        loss_scales: Mapping[str, float] | None = None,
     ) -> None:
-        """``train_streams``: tasks whose training rows come from a stream (e.g. a Ray Data shard)
+        """``loss_scales``: task -> factor on its loss (``train.loss_scaling``; None: 1 for every task).
+        ``train_streams``: tasks whose training rows come from a stream (e.g. a Ray Data shard)
         instead of ``data[task].splits["train"]``; their ``data`` entry holds only eval splits.
         ``frozen`` (``train.freeze_shared``): the frozen trunk that computes (or reads cached) trunk
         outputs, so a step runs only the task's own layers and head. ``distill`` (``train.distill_from``):
@@ -110,6 +118,13 @@ class MultiTaskTrainer:
             t: self.external.get(t) or TaskStream(t, sizes[t], self.tcfg.seed, self.rank, self.world_size)
             for t in self.train_tasks
         }
+        self.loss_scales = {t: float((loss_scales or {}).get(t, 1.0)) for t in self.train_tasks}
+        # train.mixed_batches: several tasks per micro-batch, allocated by the sampler (training/mixed_batches.py)
+        self.mixed = (
+            MixedBatches(sampler, self.streams, tcfg.batch_size, self.rank, self.world_size, self.device)
+            if tcfg.mixed_batches
+            else None
+        )
         self.step = 0
         self.examples_seen = 0  # global (all ranks) training examples so far
         self.use_bf16 = self.tcfg.bf16 and self.device.type == "cuda"
@@ -132,6 +147,10 @@ class MultiTaskTrainer:
         idx = self.streams[task].next_batch(self.tcfg.batch_size)
         return rows(self.data[task].splits["train"], idx), idx
 
+    def _train_batch(self, task: str, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The collated, on-device batch of ``task``'s train rows ``indices`` (mixed micro-batches)."""
+        return self._to_device(collate(rows(self.data[task].splits["train"], indices), self.pad_token_id))
+
     def _seed_step(self) -> None:
         # Dropout randomness is a pure function of (seed, step, rank): resuming needs no RNG state.
         key = zlib.crc32(f"{self.tcfg.seed}:{self.step}:{self.rank}".encode())
@@ -149,21 +168,34 @@ class MultiTaskTrainer:
         weights = self.weighting.weights()
         step_weights: list[float] = []
         for _ in range(accum):
+            if self.mixed is not None:  # several tasks in this micro-batch
+                micro = self.mixed.micro_batch(
+                    self.step,
+                    weighting=self.weighting,
+                    scales=self.loss_scales,
+                    accum=accum,
+                    batch_of=self._train_batch,
+                    loss_of=self._task_loss,
+                )
+                step_weights.append(micro.clip_weight)
+                for t, value in micro.losses.items():
+                    losses[t].append(value)
+                texts += micro.texts
+                continue
             task = self.sampler.sample(self.step)
-            step_weights.append(weights[task])
+            scale = self.loss_scales[task]
+            step_weights.append(weights[task] * scale)
             examples, idx = self._next_examples(task)
             batch = self._to_device(collate(examples, self.pad_token_id))
-            with self._autocast():
-                if self.distill is not None and idx is not None and self.distill.teaches(task):
-                    task_loss = self.distill.loss(task, batch, idx)  # train.distill_from
-                else:
-                    task_loss = self.model.loss(task, batch) if self.frozen is None else self.frozen.loss(task, batch)
-            total = self.weighting.combine({task: task_loss.float()}) / accum
+            task_loss = self._task_loss(task, batch, idx)
+            total = self.weighting.combine({task: task_loss.float() * scale}) / accum
             total.backward()
             losses[task].append(float(task_loss.detach()))
             texts += len(examples)
         model_params = [p for p in self.model.parameters() if p.requires_grad]
         weighting_params = list(self.weighting.parameters())
+        if self.mixed is not None:  # a rank may hold no example of a task another rank trained
+            dist_utils.fill_missing_gradients(model_params + weighting_params)
         dist_utils.allreduce_gradients(model_params + weighting_params)
         if self.tcfg.max_grad_norm > 0:
             self._clip(model_params, self.tcfg.max_grad_norm * float(np.mean(step_weights)))
@@ -182,6 +214,14 @@ class MultiTaskTrainer:
         if self.distill is not None:  # loss/<task>/hard and loss/<task>/soft of the distilled tasks
             out.update(self.distill.pop_metrics(self.device))
         return out
+
+    def _task_loss(self, task: str, batch: dict[str, torch.Tensor], idx: list[int] | None = None) -> torch.Tensor:
+        """Mean training loss of one task's batch (the frozen trunk's with ``train.freeze_shared``; hard +
+        soft teacher loss for a distilled task whose train-split indices ``idx`` are known)."""
+        with self._autocast():
+            if self.distill is not None and idx is not None and self.distill.teaches(task):
+                return self.distill.loss(task, batch, idx)  # train.distill_from
+            return self.model.loss(task, batch) if self.frozen is None else self.frozen.loss(task, batch)
 
     @staticmethod
     def _clip(params: list[torch.nn.Parameter], max_norm: float) -> None:
