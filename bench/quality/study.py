@@ -56,6 +56,7 @@ from study_report import markdown, plot, summarize, write_csv  # noqa: E402
 
 RESULT = "result.json"
 SMOKE = {"max_train_examples": 32, "max_eval_examples": 16}
+SMOKE_TASKS = ("bbc_topic", "tweet_valence", "bbc_headline_match")  # classification, regression, pair
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="comma-separated arm names, or 'all' (default: the default set; the arms they depend on are added)",
     )
-    p.add_argument("--smoke", action="store_true", help="tiny slices (32 train / 16 eval rows per task), 1 seed")
+    p.add_argument(
+        "--smoke", action="store_true", help="3 tasks (one per type), tiny slices (32 train / 16 eval rows), 1 seed"
+    )
     p.add_argument("--report-only", action="store_true", help="no training: tables and plot from finished runs")
     p.add_argument("--keep-checkpoints", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -88,7 +91,8 @@ def load_base(args: argparse.Namespace) -> dict[str, Any]:
     from mtl_ray.config import apply_overrides, config_from_dict, read_yaml_mapping
 
     base = apply_overrides(read_yaml_mapping(args.config), args.set)
-    if args.smoke:
+    if args.smoke:  # one task of each supervised type, tiny slices
+        base["tasks"] = {name: t for name, t in base["tasks"].items() if name in SMOKE_TASKS}
         for task in base["tasks"].values():
             task.update(SMOKE)
     config_from_dict(base)  # validate now: a wrong key fails before any run starts

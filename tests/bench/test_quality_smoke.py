@@ -1,5 +1,7 @@
 """The quality study end to end on tiny slices of the real data with the real MiniLM (what keeps the
-script from rotting): every arm trains, the tables come out, a second call trains nothing."""
+script from rotting): every default arm trains — samplers, mixed batches, distillation from the
+single-task runs, MLM, early-stopped runs and stage-2 tops on the early-stopped hard-sharing model —
+the tables come out, and a second call trains nothing."""
 
 import json
 import sys
@@ -13,34 +15,44 @@ import study  # noqa: E402
 
 pytestmark = pytest.mark.real
 
+TASKS = {"bbc_topic", "tweet_valence", "bbc_headline_match"}
 
-def test_smoke_study_runs_every_arm_and_resumes(tmp_path, capsys):
+
+def test_smoke_study_runs_every_default_arm_and_resumes(tmp_path, capsys):
     out = tmp_path / "q"
-    arms = ["--arms", "all"]
-    assert study.main(["--smoke", "--out", str(out), "--no-progress", *arms]) == 0
+    assert study.main(["--smoke", "--out", str(out), "--no-progress"]) == 0
     first = capsys.readouterr().out
-    assert "12 runs (8 arms × 1 seeds), 12 to train" in first
+    # 15 arms: 2 single-task arms × 3 tasks + 13 one-model arms
+    assert "19 runs (15 arms × 1 seeds), 19 to train" in first
+    assert "waiting for" not in first  # dependencies ran first, in the same process
 
-    results = sorted(out.glob("runs/**/result.json"))
-    assert len(results) == 12  # 5 single-task runs + 7 multi-task arms
-    for path in results:
-        assert not (path.parent / "checkpoints").exists()  # deleted after the run
-    hard = json.loads((out / "runs/hard_sharing/seed0/result.json").read_text())
-    k0 = json.loads((out / "runs/depth_k0/seed0/result.json").read_text())
-    assert set(hard["test"]) == {"bbc_topic", "rt_sentiment", "tweet_sentiment", "tweet_valence", "bbc_headline_match"}
-    assert k0["params"] > 2.5 * hard["params"]  # five full towers vs one shared encoder
+    runs = out / "runs"
+    results = {p.parent.relative_to(runs).as_posix(): json.loads(p.read_text()) for p in runs.glob("**/result.json")}
+    assert len(results) == 19
+    kept = {k for k in results if (runs / k / "checkpoints").exists()}
+    assert kept == {f"{arm}/seed0/{t}" for arm in ("single_task", "single_es") for t in TASKS} | {"hard_es/seed0"}
+
+    hard, tops = results["hard_sharing/seed0"], results["tops_k4/seed0"]
+    assert set(hard["test"]) == TASKS and set(results["hard_mlm/seed0"]["test"]) == TASKS  # mlm is not scored
+    assert tops["params"] > 1.5 * hard["params"]  # three towers of 2 layers on top of the shared 4
+    assert results["hard_es/seed0"]["protocol"] == "converged" and results["hard_es/seed0"]["best_step"] is not None
+    config = (runs / "tops_k4/seed0/config.yaml").read_text()
+    assert "hard_es/seed0/checkpoints" in config and "freeze_shared: true" in config
+    assert "loss/bbc_topic/soft" in (runs / "hard_kd/seed0/metrics.jsonl").read_text()
+    assert "loss/mlm" in (runs / "hard_mlm/seed0/metrics.jsonl").read_text()
 
     rows = {r["arm"]: r for r in json.loads((out / "study.json").read_text())["rows"]}
-    assert len(rows) == 8 and rows["single_task"]["layers_per_request"] == 30
+    assert len(rows) == 15 and rows["single_task"]["layers_per_request"] == 18
+    assert rows["tops_k4"]["layers_per_request"] == 4 + 3 * 2
     report = (out / "report.md").read_text()
-    assert "(12/12 runs finished)" in report and "k=6, DWA weighting" in report
+    assert "(19/19 runs finished)" in report and "mixed-task batches" in report
     assert (out / "quality.png").stat().st_size > 10_000
 
     # resumable: finished runs are not rerun; a lost result reruns only that run
-    (out / "runs/dwa/seed0/result.json").unlink()
-    assert study.main(["--smoke", "--out", str(out), "--no-progress", *arms]) == 0
-    assert "12 runs (8 arms × 1 seeds), 1 to train" in capsys.readouterr().out
-    assert (out / "runs/dwa/seed0/result.json").is_file()
+    (runs / "hard_mixed/seed0/result.json").unlink()
+    assert study.main(["--smoke", "--out", str(out), "--no-progress"]) == 0
+    assert "19 runs (15 arms × 1 seeds), 1 to train" in capsys.readouterr().out
+    assert (runs / "hard_mixed/seed0/result.json").is_file()
 
 
 def test_unknown_arm_and_bad_override_fail_before_training(tmp_path, capsys):

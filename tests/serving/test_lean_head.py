@@ -18,12 +18,14 @@ from mtl_ray.serving import checkpoint_info
 from mtl_ray.serving.lean_head import LEAN_OUTPUTS, LeanHead
 from mtl_ray.serving.parts import HeadPart
 from mtl_ray.serving.wire import Encoded
-from mtl_ray.tasks.base import TASK_TYPES
+from mtl_ray.tasks.base import TASK_TYPES, is_served
 
 
 def test_every_registered_task_type_has_a_lean_head():
-    # a new task type without one still serves (torch HeadPart), but then its replicas import torch
-    assert sorted(LEAN_OUTPUTS) == sorted(TASK_TYPES)
+    # a new task type without one still serves (torch HeadPart), but then its replicas import torch;
+    # training-only types (served = False, e.g. mlm) are never deployed
+    assert sorted(LEAN_OUTPUTS) == sorted(t for t in TASK_TYPES if is_served(t))
+    assert "mlm" in TASK_TYPES and not is_served("mlm")
 
 
 def test_the_key_prefixes_are_the_models():
