@@ -37,6 +37,7 @@ from mtl_ray.training.driver import (
     param_digest,
     precheck_resume,
     prepare_assets,
+    step_delay_from_env,
     storage_location,
     tokenizer_location,
 )
@@ -93,6 +94,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     if rank == 0 and cfg.ray.elastic:
         print(f"elastic: {world_size} workers of {cfg.ray.num_workers} from step {trainer.step}", flush=True)
     fault = config.get("fault")
+    delay = config.get("delay")
     first_step_at: list[float] = []
 
     def on_step(metrics: dict[str, float]) -> None:
@@ -100,6 +102,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             first_step_at.append(time.time())
         if fault and trainer.step == fault["step"] and rank == fault["rank"]:
             _inject_fault(Path(fault["marker"]), trainer.step)
+        if delay and (delay["while"] is None or os.path.exists(delay["while"])):
+            time.sleep(delay["seconds"])  # test switch (training.driver.STEP_DELAY_ENV)
 
     def on_log(metrics: dict[str, float]) -> None:
         if recorder is not None:
@@ -441,6 +445,7 @@ def _build_trainer(
             "config": config_to_dict(cfg),
             "resume_from": resume_from,
             "fault": fault,
+            "delay": step_delay_from_env(),
             "streamed": stream_info,
             "run": run.to_dict(),
         },

@@ -6,7 +6,6 @@ two processes to one and grows back through checkpoints against the fixed two-pr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
