@@ -120,6 +120,9 @@ def test_shrink_to_one_worker_and_grow_back_equals_the_fixed_run(
     hold.write_text("slow steps while this file exists\n")
     monkeypatch.setenv(STEP_DELAY_ENV, "1.0")
     monkeypatch.setenv(STEP_DELAY_WHILE_ENV, str(hold))
+    # right after the node loss Ray's resource view (refreshed every 20 s) still counts 2 workers: the first
+    # restart waits for a second worker until this timeout (60 s by default), then restarts with 1
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
     with two_node_cluster(num_cpus=2) as nodes:
         driver = Driver(nodes, storage, hold)
         thread = threading.Thread(target=driver.run, daemon=True)
