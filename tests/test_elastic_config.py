@@ -8,7 +8,7 @@ import pytest
 from mtl_ray.config import config_from_dict, load_config
 from mtl_ray.errors import ConfigError, MtlRayError
 from mtl_ray.ray.session import check_resources
-from mtl_ray.ray.train import build_torch_trainer, global_batch_size, resource_request
+from mtl_ray.ray.train import RAY_TRAIN_ENV_DEFAULTS, build_torch_trainer, global_batch_size, resource_request
 
 TASKS = {"t": {"source": "x.csv"}}
 
@@ -71,7 +71,9 @@ def test_the_global_batch_is_the_max_workers_one():
     assert global_batch_size(c) == 8 * 4 * 3
 
 
-def test_the_torch_trainer_gets_an_elastic_scaling_config(tmp_path):
+def test_the_torch_trainer_gets_an_elastic_scaling_config(tmp_path, monkeypatch):
+    for key, value in RAY_TRAIN_ENV_DEFAULTS.items():  # build_torch_trainer sets them: undone after the test
+        monkeypatch.setenv(key, value)
     c = cfg(num_workers=[1, 2], elastic_resize_interval_s=5.0)
     trainer = build_torch_trainer(c, name="x", storage=str(tmp_path), loop_config={}, num_to_keep=1)
     scaling = trainer.scaling_config
