@@ -93,7 +93,8 @@ class MultiTaskTrainer:
     ) -> None:
         """``data_parallel_size``: slices of ``batch_size`` in a micro-batch's global batch (None: the world
         size); an elastic run passes its max workers so the global batch never changes.
-        ``train_streams``: tasks whose training rows come from a stream (e.g. a Ray Data shard) instead of ``data[task].splits["train"]``; their ``data`` entry holds only eval splits.
+        ``train_streams``: tasks whose training rows come from a stream (e.g. a Ray Data shard) instead of
+        ``data[task].splits["train"]``; their ``data`` entry holds only eval splits.
         ``frozen`` (``train.freeze_shared``): the frozen trunk that computes (or reads cached) trunk
         outputs, so a step runs only the task's own layers and head. ``distill`` (``train.distill_from``):
         the loss of the tasks it has teacher outputs for (``training/distill.py``)."""
