@@ -38,8 +38,9 @@ __all__ = [
     "read_yaml_mapping",
 ]
 
-SAMPLERS = ("proportional", "temperature", "uniform", "annealed")
+SAMPLERS = ("proportional", "temperature", "uniform", "annealed", "balanced")
 WEIGHTINGS = ("static", "uncertainty", "dwa")
+LOSS_SCALINGS = ("none", "auto")
 POOLINGS = ("mean", "cls")
 
 
@@ -62,12 +63,32 @@ class TaskConfig:
     max_length: int = 128  # tokens per example (pairs: both texts together)
     max_train_examples: int | None = None  # deterministic subsample of the train split
     max_eval_examples: int | None = None  # deterministic subsample of validation / test
+    # unsupervised tasks (contrastive, mlm): also train on the train-split texts of every other task in the
+    # config, labels dropped (both texts of a pair, each as its own text); never their validation / test texts
+    include_task_texts: bool = False
+    # mlm only: fraction of a text's non-special tokens that are masked (BERT's 80/10/10); None -> 0.15
+    mask_probability: float | None = None
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
             raise ConfigError(
                 f"tasks.{self.name}.type: unknown task type {self.type!r}; valid: {', '.join(sorted(TASK_TYPES))}"
             )
+        if self.include_task_texts and TASK_TYPES[self.type].supervised:
+            raise ConfigError(
+                f"tasks.{self.name}.include_task_texts: only an unsupervised task (e.g. contrastive, mlm) trains on "
+                f"other tasks' texts; this is a {self.type} task"
+            )
+        if self.mask_probability is not None:
+            # a type that masks tokens says so by declaring the key (mtl_ray/tasks/mlm.py)
+            masking = sorted(n for n, t in TASK_TYPES.items() if "mask_probability" in getattr(t, "config_keys", ()))
+            if self.type not in masking:
+                raise ConfigError(
+                    f"tasks.{self.name}.mask_probability: a {self.type} task masks no tokens; only "
+                    f"{', '.join(masking) or '(none)'} tasks read it"
+                )
+            if not 0 < self.mask_probability < 1:
+                raise ConfigError(f"tasks.{self.name}.mask_probability: must be in (0, 1), got {self.mask_probability}")
         if not self.source:
             raise ConfigError(f"tasks.{self.name}.source: required (e.g. 'builtin:rt_sentiment' or a file path)")
         if TASK_TYPES[self.type].is_pair and not self.text_pair_field:
@@ -89,8 +110,9 @@ class ModelConfig:
     pooling: str = "mean"  # "mean" over non-padding tokens, or "cls"
     head_dropout: float = 0.1  # dropout before each task head
     contrastive_temperature: float = DEFAULT_TEMPERATURE  # SimCSE softmax temperature (Gao et al. 2021)
-    # a checkpoint whose shared weights (embeddings + layers 1..k) replace the pretrained ones at build
-    # time; its encoder, sharing depth and pooling must equal this config's (mtl_ray/training/frozen.py)
+    # a trained checkpoint to start from: embeddings + layers 1..k, every task's layers k+1..L and the heads
+    # of tasks it has (same labels) come from it; same encoder and pooling, its sharing depth >= this
+    # config's (stage 2: a stage-1 checkpoint at depth L; mtl_ray/training/init_from.py)
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -139,8 +161,27 @@ class TrainConfig:
     distill_from: str | list[str] | None = None
     distill_temperature: float = 2.0  # T: softmax temperature of teacher and student logits (classification)
     distill_alpha: float = 0.5  # weight of the soft (teacher) loss; 1 - alpha on the hard labels
+    # stop after this many evaluations without improvement of the validation aggregate (a single task:
+    # its primary metric); the best evaluation's weights are restored for test scoring. None: off
+    # (mtl_ray/training/early_stopping.py)
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.0  # an evaluation improves only if it beats the best by more than this
+    # stage 2 (freeze_shared, k < L): every task stops on its own validation primary metric (patience as
+    # above), leaves the task sampler, and its tower + head at its best evaluation are restored at the end
+    early_stopping_per_task: bool = False
+
+    # several tasks per micro-batch (Aghajanyan et al. 2021, Muppet): the global micro-batch is split across
+    # tasks by batch_size × workers (elastic: max) draws of the task sampler; each task's mean loss is weighted
+    # and summed (mtl_ray/training/mixed_batches.py). False: every micro-batch trains one sampled task
+    mixed_batches: bool = False
+    # per-task loss scale, in both batch modes: "none" (1), or "auto": class-label losses × 1/ln(num_classes),
+    # value-label losses × 1/variance of the train labels, unsupervised losses × 1 (training/loss_scaling.py)
+    loss_scaling: str = "none"
 
     def __post_init__(self) -> None:
+        self._check_early_stopping()
+        if self.loss_scaling not in LOSS_SCALINGS:
+            raise ConfigError(f"train.loss_scaling: unknown {self.loss_scaling!r}; valid: {', '.join(LOSS_SCALINGS)}")
         if self.trunk_cache not in ("auto", "memory", "disk", "off"):
             raise ConfigError(f"train.trunk_cache: unknown {self.trunk_cache!r}; valid: auto, memory, disk, off")
         if self.sampler not in SAMPLERS:
@@ -166,6 +207,25 @@ class TrainConfig:
             raise ConfigError(
                 "train.distill_from: not supported with train.freeze_shared (the frozen trunk computes its own loss)"
             )
+
+    def _check_early_stopping(self) -> None:
+        patience = self.early_stopping_patience
+        if patience is not None and patience < 1:
+            raise ConfigError(f"train.early_stopping_patience: must be >= 1 (evaluations), got {patience}")
+        if patience is not None and self.eval_every >= self.max_steps:
+            raise ConfigError(
+                f"train.early_stopping_patience: the run evaluates only once (train.eval_every {self.eval_every} >= "
+                f"train.max_steps {self.max_steps}), so there is nothing to stop early; lower train.eval_every"
+            )
+        if self.early_stopping_min_delta < 0:
+            raise ConfigError(f"train.early_stopping_min_delta: must be >= 0, got {self.early_stopping_min_delta}")
+        if self.early_stopping_per_task and not self.freeze_shared:
+            raise ConfigError(
+                "train.early_stopping_per_task: needs train.freeze_shared=true (tasks stop one by one only when "
+                "they share nothing that trains)"
+            )
+        if self.early_stopping_per_task and patience is None:
+            raise ConfigError("train.early_stopping_per_task: needs train.early_stopping_patience")
 
 
 @dataclass
@@ -374,10 +434,20 @@ class Config:
                 raise ConfigError(f"tasks.{name}.name: must equal its key, got {task.name!r}")
         if self.model.sharing_depth is not None and self.model.sharing_depth > 64:
             raise ConfigError(f"model.sharing_depth: {self.model.sharing_depth} is larger than any encoder")
+        if self.train.distill_from and self.train.mixed_batches:
+            raise ConfigError(
+                "train.distill_from: not supported with train.mixed_batches (a distilled task's soft loss is "
+                "computed per single-task micro-batch); set train.mixed_batches: false"
+            )
         if self.train.distill_from and self.ray.streaming:
             raise ConfigError(
                 "train.distill_from: not supported with ray.streaming (teacher outputs are cached per row of an "
                 "in-memory train split; a streamed split has no rows to index)"
+            )
+        if self.train.early_stopping_per_task and self.model.sharing_depth is None:
+            raise ConfigError(
+                "train.early_stopping_per_task: needs per-task layers (model.sharing_depth k < L); at k = L "
+                "(model.sharing_depth null) use train.early_stopping_patience alone"
             )
 
 

@@ -53,10 +53,18 @@ class Predictor:
 
     @property
     def specs(self) -> dict[str, TaskSpec]:
-        return self.model.specs
+        """The served tasks (a training-only objective such as mlm is not one)."""
+        return {t: s for t, s in self.model.specs.items() if s.served}
 
     def tasks_for(self, is_pair: bool, tasks: Sequence[str] | None = None) -> list[str]:
         """Validate ``tasks`` against the input kind (:func:`mtl_ray.inference.selection.select_tasks`)."""
+        for t in tasks if tasks is not None and not isinstance(tasks, str) else ():
+            spec = self.model.specs.get(t) if isinstance(t, str) else None
+            if spec is not None and not spec.served:
+                raise PredictError(
+                    f"task {t!r} is a {spec.type} training objective, not a served task; "
+                    f"served tasks: {', '.join(sorted(self.specs))}"
+                )
         return select_tasks(self.specs, is_pair, tasks, PredictError)
 
     def tokenize(self, inputs: Sequence[str] | Sequence[Sequence[str]], is_pair: bool, max_length: int) -> dict:

@@ -132,7 +132,8 @@ def resolve(config: dict[str, Any], study_runs: Path) -> dict[str, Any]:
     distill = out.get("train", {}).get("distill_from")
     if isinstance(distill, str):
         teachers = Path(distill)
-        if not teachers.is_dir() or not all((d / RESULT).is_file() for d in teachers.iterdir() if d.is_dir()):
+        tasks = supervised_tasks(out)
+        if not all((teachers / task / RESULT).is_file() for task in tasks):
             raise DependencyMissing(str(teachers.relative_to(study_runs)))
     return out
 

@@ -203,6 +203,10 @@ class MultiTaskModel(nn.Module):
             )
         except KeyError as exc:  # a task name that clashes with a ModuleDict attribute ("keys", "items", ...)
             raise ConfigError(f"tasks: invalid task name: {exc}") from None
+        for head in self.heads.values():  # weight tying (the mlm head's decoder IS the input word embeddings)
+            tie = getattr(head, "tie_input_embeddings", None)
+            if tie is not None:
+                tie(self.shared.embeddings.word_embeddings, self.hf_config)
         self.train()  # from_pretrained returns eval-mode modules; make the whole model consistent
 
     @classmethod
@@ -263,6 +267,9 @@ class MultiTaskModel(nn.Module):
         """Scalar training loss of one task's batch: the type's batch hook, forward, the type's loss."""
         spec = self.specs[task]
         ttype = get_task_type(spec.type)
+        model_loss = getattr(ttype, "model_loss", None)  # a type that runs the model itself (mlm masks the input)
+        if model_loss is not None:
+            return model_loss(self, task, batch)
         batch = ttype.train_batch(batch)
         output = self.forward(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), [task])
         return ttype.loss(output[task], batch, spec)

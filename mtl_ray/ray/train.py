@@ -304,6 +304,8 @@ def run_ray_training(
         "global_batch_size": global_batch_size(cfg),
         "best_checkpoint": best.path if best is not None else None,
         "best_validation_aggregate": best_metrics.get(SCORE_ATTRIBUTE),
+        "best_step": best_metrics.get("step"),
+        "early_stopping": value.get("early_stopping"),
         "ray_run_path": result.path,
         "restored_from": value.get("restored_from"),
         "rank_param_digests": digests,

@@ -220,6 +220,8 @@ class HeadPart:
         info = read_checkpoint_info(path, keys=keys, hash_encrypted=False)  # another signer's head fails here
         fingerprint = check_head_checkpoint(info, task, reference=reference, expect=expect)
         spec = info.specs[task]
+        if not spec.served:
+            raise CheckpointError(f"{info.path}: task {task!r} is a {spec.type} training objective, not a served task")
         tower = TaskTower.from_encoder_config(
             info.encoder_config, spec, info.sharing_depth, pooling=info.pooling, head_dropout=info.head_dropout
         )

@@ -12,6 +12,8 @@ for supervised tasks.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -46,6 +48,9 @@ class TaskSpec:
     # InfoNCE softmax temperature, for types with ``uses_temperature`` (contrastive). MultiTaskModel
     # writes model.contrastive_temperature into ``model.specs``; None elsewhere.
     temperature: float | None = None
+    # Settings only one type reads, JSON-safe, filled in by its optional ``resolve_options`` hook when the
+    # model is built (the mlm type: masking rate and the tokenizer's [MASK] / special token ids); None elsewhere.
+    options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Normalise sequences (lists from JSON / YAML) so equality and hashing work.
@@ -55,6 +60,8 @@ class TaskSpec:
         object.__setattr__(self, "loss_weight", float(self.loss_weight))
         if self.temperature is not None:
             object.__setattr__(self, "temperature", float(self.temperature))
+        if self.options is not None:  # the JSON form (tuples -> lists), so a trip through meta.json compares equal
+            object.__setattr__(self, "options", json.loads(json.dumps(dict(self.options))))
         self._validate()
 
     def _validate(self) -> None:
@@ -110,6 +117,11 @@ class TaskSpec:
         return get_task_type(self.type).supervised
 
     @property
+    def served(self) -> bool:
+        """Answers requests (Predictor, Serve); False for a training-only objective such as mlm."""
+        return is_served(self.type)
+
+    @property
     def num_outputs(self) -> int | None:
         """Head outputs per example: C logits, 1 value, or None (contrastive: the H-dim embedding)."""
         if not self.supervised:
@@ -119,7 +131,7 @@ class TaskSpec:
     # ------------------------------------------------------------------ (de)serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name,
             "type": self.type,
             "label_names": list(self.label_names) if self.label_names is not None else None,
@@ -128,10 +140,13 @@ class TaskSpec:
             "max_length": self.max_length,
             "temperature": self.temperature,
         }
+        if self.options is not None:  # only types that have options write the key: other specs stay as they were
+            d["options"] = dict(self.options)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
-        known = {"name", "type", "label_names", "metrics", "loss_weight", "max_length", "temperature"}
+        known = {"name", "type", "label_names", "metrics", "loss_weight", "max_length", "temperature", "options"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"task spec {d.get('name')!r}: unknown keys {unknown}")
@@ -158,7 +173,15 @@ class TaskSpec:
 
 @runtime_checkable
 class TaskType(Protocol):
-    """The code side of a task. Implementations are stateless singletons registered by ``name``."""
+    """The code side of a task. Implementations are stateless singletons registered by ``name``.
+
+    Optional declarations (read through the helpers below, with these defaults, so a type without
+    them needs nothing): ``served = True`` (False: a training-only objective that the Predictor and
+    Serve refuse and never deploy), ``resolve_options(task_cfg, tokenizer) -> dict | None`` (fills
+    ``TaskSpec.options`` when the model is built) and ``model_loss(model, task, batch) -> Tensor``
+    (the type computes its training loss from the model's pieces itself, e.g. the mlm type masks the
+    encoder's input; default: ``train_batch`` -> forward -> ``loss``).
+    """
 
     name: str
     is_pair: bool  # inputs are (text, text_pair)
@@ -242,6 +265,20 @@ def _check_declarations(t: TaskType) -> None:
         problems.append("an unsupervised type has no primary_metric")
     if problems:
         raise ValueError(f"task type {t.name!r}: " + "; ".join(problems))
+
+
+def is_served(task_type: str) -> bool:
+    """The optional ``served`` declaration (default True)."""
+    return bool(getattr(get_task_type(task_type), "served", True))
+
+
+def resolve_spec(spec: TaskSpec, task_cfg: TaskConfig, tokenizer: Any) -> TaskSpec:
+    """``spec`` with the options its type resolves from the config and the encoder's tokenizer (the
+    optional ``resolve_options`` hook); unchanged for types without one."""
+    resolve = getattr(get_task_type(spec.type), "resolve_options", None)
+    if resolve is None:
+        return spec
+    return dataclasses.replace(spec, options=resolve(task_cfg, tokenizer))
 
 
 def label_dtype(task_type: str) -> str | None:

@@ -10,11 +10,10 @@ similarities divided by a temperature τ (model.contrastive_temperature, 0.05 as
 ``train_batch`` concatenates the batch with itself (B -> 2B rows), so both views come from ONE
 forward pass: one autograd graph, and under data parallelism one gradient all-reduce per step.
 
-Why SimCSE rather than masked-language modelling: the default encoder, all-MiniLM-L6-v2, was
-trained contrastively (sentence-transformers) and ships no MLM head, so MLM would need a
-vocab × H decoder (30,522 × 384 ≈ 11.7M parameters, about half the 22.7M encoder) trained from
-scratch, and its token-level objective pulls against the sentence-level pooled representation
-every other task reads. SimCSE adds no parameters and trains exactly that pooled vector.
+SimCSE adds no parameters and trains exactly the pooled vector every other task reads, but the
+default encoder, all-MiniLM-L6-v2, was trained contrastively (sentence-transformers), so on it this
+loss is ≈ 0 from the first steps; ``mtl_ray/tasks/mlm.py`` (masked-language modelling, decoder tied to
+the input embeddings) is the unsupervised objective that still teaches it something.
 
 The head is the identity over the pooled vector (Gao et al. also report it works without the MLP
 used in their training-time pooler). No supervised metrics: contrastive tasks have

@@ -12,14 +12,19 @@ import torch
 
 from mtl_ray.config import Config
 from mtl_ray.data.sources import load_task_splits
+from mtl_ray.data.task_texts import add_task_texts
 from mtl_ray.data.tokenize import tokenize_split
 from mtl_ray.device import resolve_device
 from mtl_ray.model.encoder import load_encoder
 from mtl_ray.model.multitask import MultiTaskModel
-from mtl_ray.tasks.base import TaskSpec
+from mtl_ray.tasks.base import TaskSpec, resolve_spec
+from mtl_ray.training import distributed as dist_utils
 from mtl_ray.training.distill import Distiller
-from mtl_ray.training.frozen import FrozenTrunk, load_shared_from
+from mtl_ray.training.early_stopping import ActiveTaskSampler, PerTaskEarlyStopping, build_early_stopping
+from mtl_ray.training.frozen import FrozenTrunk
+from mtl_ray.training.init_from import init_from_checkpoint
 from mtl_ray.training.loop import MultiTaskTrainer, RowStream
+from mtl_ray.training.loss_scaling import describe, loss_scales
 from mtl_ray.training.optim import build_optimizer, build_scheduler
 from mtl_ray.training.samplers import build_sampler
 from mtl_ray.training.task_data import TaskData
@@ -45,7 +50,7 @@ def load_specs_and_splits(
             splits, label_names = load_task_splits(task, cfg.data)
         specs[name] = TaskSpec.from_config(task, label_names)
         raw[name] = splits
-    return specs, raw
+    return specs, add_task_texts(cfg.tasks, raw)  # include_task_texts: other tasks' train texts
 
 
 def tokenize_tasks(
@@ -65,6 +70,7 @@ def tokenize_tasks(
 def build_model(cfg: Config, specs: dict[str, TaskSpec]) -> tuple[MultiTaskModel, Any]:
     """The pretrained encoder cut at ``model.sharing_depth``, with a head per task, and its tokenizer."""
     encoder, tokenizer = load_encoder(cfg.model.encoder, cfg.data.resolved_cache_dir())
+    specs = {t: resolve_spec(s, cfg.tasks[t], tokenizer) for t, s in specs.items()}  # e.g. mlm: the [MASK] id
     model = MultiTaskModel(
         encoder,
         specs,
@@ -73,10 +79,11 @@ def build_model(cfg: Config, specs: dict[str, TaskSpec]) -> tuple[MultiTaskModel
         head_dropout=cfg.model.head_dropout,
         contrastive_temperature=cfg.model.contrastive_temperature,
     )
-    if cfg.model.init_from:  # shared weights from a trained checkpoint (training/frozen.py)
+    if cfg.model.init_from:  # trunk, towers and heads from a trained checkpoint (training/init_from.py)
         from mtl_ray.crypto import CheckpointKeys
 
-        load_shared_from(model, cfg.model.init_from, cfg.model.pooling, CheckpointKeys.from_config(cfg.checkpoint))
+        keys = CheckpointKeys.from_config(cfg.checkpoint)
+        init_from_checkpoint(model, cfg.model.init_from, cfg.model.encoder, cfg.model.pooling, keys)
     return model, tokenizer
 
 
@@ -121,6 +128,18 @@ def build_trainer(
         if tcfg.distill_from
         else None
     )
+    early_stopping = build_early_stopping(cfg, model, {t: data[t] for t in sizes if t in data})
+    sampler = build_sampler(tcfg.sampler, sizes, tcfg, tcfg.seed)
+    if isinstance(early_stopping, PerTaskEarlyStopping):  # a stopped task is drawn no more
+        sampler = ActiveTaskSampler(sampler, early_stopping.is_active)
+    # train.loss_scaling: one factor per task, from the in-memory train labels (training/loss_scaling.py)
+    scales = loss_scales(
+        tcfg.loss_scaling,
+        {t: data[t].spec for t in sizes},
+        lambda t: None if t in streams else data[t].splits["train"]["labels"],
+    )
+    if tcfg.loss_scaling != "none" and dist_utils.rank_and_world()[0] == 0:
+        print(describe(scales), flush=True)
     return MultiTaskTrainer(
         tcfg,
         model,
@@ -129,10 +148,12 @@ def build_trainer(
         weighting=weighting,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, tcfg),
-        sampler=build_sampler(tcfg.sampler, sizes, tcfg, tcfg.seed),
+        sampler=sampler,
         frozen=frozen,
+        early_stopping=early_stopping,
         device=device,
         train_streams=streams,
         distill=distill,
+        loss_scales=scales,
         data_parallel_size=data_parallel_size,
     )

@@ -70,6 +70,15 @@ def sum_across_ranks(value: float, device: torch.device | str = "cpu") -> float:
     return float(t.item())
 
 
+def broadcast_floats(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Rank 0's ``values`` on every rank (float64, exact): decisions taken from them then agree."""
+    if not is_distributed() or not values:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return [float(v) for v in t.tolist()]
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (a one-element list in a single process)."""
     if not is_distributed():
@@ -77,3 +86,23 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def fill_missing_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Give a zero ``.grad`` to every parameter that has none here but has one on another rank.
+
+    :func:`allreduce_gradients` flattens the gradients that exist, so every rank must hold gradients for
+    the same parameters. With one task per micro-batch they do; with mixed micro-batches a rank may hold
+    no example of a task that another rank trains (``training/mixed_batches.py``). One small all-reduce
+    (MAX of a has-gradient flag per parameter); a no-op in one process.
+    """
+    if not is_distributed():
+        return
+    params = list(params)
+    if not params:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    for p, anywhere in zip(params, has.tolist()):
+        if anywhere and p.grad is None:
+            p.grad = torch.zeros_like(p)

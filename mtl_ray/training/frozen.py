@@ -2,7 +2,8 @@
 
     embeddings -> layers 1..k   frozen: weights from ``model.init_from`` (or the pretrained encoder),
                                 requires_grad False, not in the optimizer, always in eval mode
-               -> task layers k+1..L + head   trained (cloned from the pretrained encoder, as at build time)
+               -> task layers k+1..L + head   trained (from ``model.init_from`` where it has them, else
+                                              cloned from the pretrained encoder: training/init_from.py)
 
 The shared weights stay bit-identical to the checkpoint they came from, so Serve's shared-weight
 fingerprint check accepts a head trained this way next to the encoder it was trained against. This is
@@ -16,52 +17,16 @@ so every epoch after the first runs only the towers (``train.trunk_cache``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mtl_ray.checkpoint import load_meta, read_tensors, verify_checkpoint
 from mtl_ray.config import Config
-from mtl_ray.crypto import CheckpointKeys
-from mtl_ray.errors import CheckpointError, ConfigError
-from mtl_ray.model.multitask import SHARED_PREFIX, MultiTaskModel
+from mtl_ray.errors import ConfigError
+from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import get_task_type
 from mtl_ray.training.trunk_cache import TaskTrunkCache, token_key
-
-
-def read_shared_weights(
-    path: str | Path, keys: CheckpointKeys | None = None
-) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(meta, {key without "shared.": tensor})`` of a verified checkpoint (manifest sizes + sha256, and
-    the signature with a trusted key, checked before any weight is read); only the shared tensors are
-    loaded (decrypted in memory when the checkpoint is encrypted)."""
-    root = Path(path).expanduser()
-    verify_checkpoint(root, keys, hash_encrypted=False)  # read_tensors hashes the ciphertext it decrypts
-    meta = load_meta(root)
-    return meta, read_tensors(root, SHARED_PREFIX, keys=keys)
-
-
-def load_shared_from(model: MultiTaskModel, path: str | Path, pooling: str, keys: CheckpointKeys | None = None) -> None:
-    """Replace ``model``'s embeddings + layers 1..k by the checkpoint's (``model.init_from``), after
-    checking that the checkpoint's encoder, sharing depth and pooling are this model's."""
-    meta, state = read_shared_weights(path, keys)
-    where = f"model.init_from: {path}"
-    if meta.get("encoder_config") != model.encoder_config:
-        raise CheckpointError(f"{where}: was trained with a different encoder than model.encoder")
-    if meta.get("sharing_depth") != model.sharing_depth:
-        raise CheckpointError(
-            f"{where}: sharing_depth {meta.get('sharing_depth')} in the checkpoint, {model.sharing_depth} in this config"
-        )
-    saved_pooling = meta.get("config", {}).get("model", {}).get("pooling", "mean")
-    if saved_pooling != pooling:
-        raise CheckpointError(f"{where}: pooling {saved_pooling!r} in the checkpoint, {pooling!r} in this config")
-    missing, unexpected = model.shared.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{where}: shared weights do not match (missing: {list(missing)[:5]}, unexpected: {list(unexpected)[:5]})"
-        )
 
 
 def trainable_parameter_count(model: MultiTaskModel, task: str) -> int:
@@ -86,6 +51,11 @@ class FrozenTrunk:
         """Freeze the trunk; one cache per trained in-memory task unless ``train.trunk_cache`` is off.
         ``data``: ``{task: TaskData}`` as the trainer holds it."""
         for task in sorted(data):
+            if getattr(get_task_type(model.specs[task].type), "model_loss", None) is not None:
+                raise ConfigError(
+                    f"tasks.{task}: a {model.specs[task].type} task trains the shared encoder on its own inputs "
+                    "(its loss runs the whole model), which train.freeze_shared freezes; drop one of the two"
+                )
             if trainable_parameter_count(model, task) == 0:
                 spec = model.specs[task]
                 raise ConfigError(

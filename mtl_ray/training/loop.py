@@ -12,10 +12,16 @@ A micro-batch's global batch is ``data_parallel_size`` slices of ``batch_size`` 
 or ``ray.num_workers``' max when elastic). Rank r of a world of w computes a contiguous block of those
 slices, one forward/backward each, so the step's gradient is the mean over the same slices whatever w
 is: one worker with two slices computes what two workers with one slice each compute (see
-:func:`slices_of_rank`). Dropout is seeded per (seed, step, micro-batch, slice) for the same reason.
+:func:`slices_of_rank`). Dropout is seeded per (seed, step, micro-batch, slice) for the same reason
+(:meth:`MultiTaskTrainer._seed_slice`; a fixed-size run without accumulation keeps the old per-rank seeds).
+
+With ``train.mixed_batches`` a micro-batch holds examples of several tasks instead, each task's mean
+loss weighted and summed (``training/mixed_batches.py``; sliced the same way). Either way each task loss
+is first multiplied by its ``train.loss_scaling`` scale s_t (``training/loss_scaling.py``; 1 by default).
 
 Clipping acts on the *unweighted* gradient: the model's gradient norm is clipped to
-``max_grad_norm × w̄``, w̄ the mean loss weight of the step's micro-batches. With one task per
+``max_grad_norm × w̄``, w̄ the mean loss weight (w_t · s_t) of the step's micro-batches; a mixed
+micro-batch counts with the mean of w_t · s_t over the tasks it holds. With one task per
 micro-batch, clipping the weighted gradient to a fixed norm would rescale every step to that norm and
 erase the task's weight (on MiniLM the gradient norm is above 1 on almost every step); this way a
 weight of 0.5 still halves the task's update. The weighting's own parameters are clipped on their own.
@@ -38,9 +44,11 @@ from mtl_ray.data.tokenize import collate
 from mtl_ray.device import resolve_device
 from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.training import distributed as dist_utils
+from mtl_ray.training.early_stopping import Tracker
 from mtl_ray.training.evaluation import evaluate_model, rows
 from mtl_ray.training.frozen import FrozenTrunk
 from mtl_ray.training.metrics import aggregate_score
+from mtl_ray.training.mixed_batches import MixedBatches
 from mtl_ray.training.samplers import TaskSampler
 from mtl_ray.training.streams import TaskStream
 from mtl_ray.training.task_data import TaskData
@@ -86,18 +94,22 @@ class MultiTaskTrainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         sampler: TaskSampler,
         frozen: FrozenTrunk | None = None,
+        early_stopping: Tracker | None = None,
         device: torch.device | str | None = None,
         train_streams: Mapping[str, RowStream] | None = None,
         distill: Distiller | None = None,
+        loss_scales: Mapping[str, float] | None = None,
         data_parallel_size: int | None = None,
     ) -> None:
         """``data_parallel_size``: slices of ``batch_size`` in a micro-batch's global batch (None: the world
         size); an elastic run passes its max workers so the global batch never changes.
+        ``loss_scales``: task -> factor on its loss (``train.loss_scaling``; None: 1 for every task).
         ``train_streams``: tasks whose training rows come from a stream (e.g. a Ray Data shard) instead of
         ``data[task].splits["train"]``; their ``data`` entry holds only eval splits.
         ``frozen`` (``train.freeze_shared``): the frozen trunk that computes (or reads cached) trunk
         outputs, so a step runs only the task's own layers and head. ``distill`` (``train.distill_from``):
-        the loss of the tasks it has teacher outputs for (``training/distill.py``)."""
+        the loss of the tasks it has teacher outputs for (``training/distill.py``). ``early_stopping``
+        (``train.early_stopping_patience``): when ``fit`` stops and which weights it restores."""
         self.tcfg = tcfg
         self.device = torch.device(device) if device is not None else resolve_device(tcfg.device)
         self.rank, self.world_size = dist_utils.rank_and_world()
@@ -123,10 +135,27 @@ class MultiTaskTrainer:
         self.sampler = sampler
         self.frozen = frozen  # train.freeze_shared: the trunk's (cached) outputs feed the towers
         self.distill = distill  # train.distill_from: hard + soft (teacher) loss per distilled task
+        self.early_stopping = early_stopping  # training/early_stopping.py
         self.streams: dict[str, TaskStream | RowStream] = {
             t: self.external.get(t) or TaskStream(t, sizes[t], self.tcfg.seed, self.rank, self.world_size)
             for t in self.train_tasks
         }
+        self.loss_scales = {t: float((loss_scales or {}).get(t, 1.0)) for t in self.train_tasks}
+        # train.mixed_batches: several tasks per micro-batch, allocated by the sampler (training/mixed_batches.py)
+        self.mixed = (
+            MixedBatches(
+                sampler,
+                self.streams,
+                tcfg.batch_size,
+                self.rank,
+                self.world_size,
+                self.device,
+                slices=self.slices,
+                data_parallel_size=self.data_parallel_size,
+            )
+            if tcfg.mixed_batches
+            else None
+        )
         self.step = 0
         self.examples_seen = 0  # global (all ranks) training examples so far
         self.use_bf16 = self.tcfg.bf16 and self.device.type == "cuda"
@@ -154,11 +183,20 @@ class MultiTaskTrainer:
             out.append((v, rows(self.data[task].splits["train"], idx), idx))
         return out
 
+    def _train_batch(self, task: str, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The collated, on-device batch of ``task``'s train rows ``indices`` (mixed micro-batches)."""
+        return self._to_device(collate(rows(self.data[task].splits["train"], indices), self.pad_token_id))
+
     def _seed_slice(self, micro: int, slice_: int) -> None:
-        # Dropout randomness is a pure function of (seed, step, micro-batch, slice): resuming needs no RNG
-        # state, and a slice draws the same masks whichever rank of whichever world size computes it.
-        key = zlib.crc32(f"{self.tcfg.seed}:{self.step}:{micro}:{slice_}".encode())
-        torch.manual_seed(key)
+        """Seed torch (dropout, mlm masks) right before a slice's forward: a pure function of (seed, step,
+        micro-batch, slice), so resuming needs no RNG state and a slice draws the same masks whichever rank
+        of whichever world size computes it. Micro-batch 0 keeps the key ``seed:step:slice``, which in a
+        fixed-size run (slice = rank) is the per-step, per-rank key of runs before elastic training: with
+        ``grad_accum_steps`` 1 those runs are reproduced bit for bit (nothing draws from torch's RNG
+        between the step's start and the first forward)."""
+        seed, step = self.tcfg.seed, self.step
+        key = f"{seed}:{step}:{slice_}" if micro == 0 else f"{seed}:{step}:{micro}:{slice_}"
+        torch.manual_seed(zlib.crc32(key.encode()))
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns rank-averaged per-task losses, weights and the learning rate."""
@@ -168,32 +206,45 @@ class MultiTaskTrainer:
         accum = self.tcfg.grad_accum_steps
         # each slice's loss / (accum × slices per world-size share): after the mean over ranks the
         # gradient is the mean over all accum × data_parallel_size slices (1 / accum at a fixed size)
-        scale = accum * self.data_parallel_size / self.world_size
+        divisor = accum * self.data_parallel_size / self.world_size
         loss_sums: dict[str, float] = defaultdict(float)
         loss_counts: dict[str, float] = defaultdict(float)
         texts = 0
         weights = self.weighting.weights()
         step_weights: list[float] = []
         for micro in range(accum):
+            if self.mixed is not None:  # several tasks in this micro-batch
+                mixed = self.mixed.micro_batch(
+                    self.step,
+                    weighting=self.weighting,
+                    scales=self.loss_scales,
+                    accum=divisor,
+                    batch_of=self._train_batch,
+                    loss_of=self._task_loss,
+                    seed_slice=lambda v, micro=micro: self._seed_slice(micro, v),
+                )
+                step_weights.append(mixed.clip_weight)
+                for t, value in mixed.losses.items():  # summed over this rank's slices
+                    loss_sums[t] += value
+                    loss_counts[t] += mixed.slices
+                texts += mixed.texts
+                continue
             task = self.sampler.sample(self.step)
-            step_weights.append(weights[task])
+            loss_scale = self.loss_scales[task]
+            step_weights.append(weights[task] * loss_scale)
             for slice_, examples, idx in self._next_slices(task):
                 self._seed_slice(micro, slice_)
                 batch = self._to_device(collate(examples, self.pad_token_id))
-                with self._autocast():
-                    if self.distill is not None and idx is not None and self.distill.teaches(task):
-                        task_loss = self.distill.loss(task, batch, idx)  # train.distill_from
-                    else:
-                        task_loss = (
-                            self.model.loss(task, batch) if self.frozen is None else self.frozen.loss(task, batch)
-                        )
-                total = self.weighting.combine({task: task_loss.float()}) / scale
+                task_loss = self._task_loss(task, batch, idx)  # idx: distillation's teacher rows
+                total = self.weighting.combine({task: task_loss.float() * loss_scale}) / divisor
                 total.backward()
                 loss_sums[task] += float(task_loss.detach())
                 loss_counts[task] += 1
                 texts += len(examples)
         model_params = [p for p in self.model.parameters() if p.requires_grad]
         weighting_params = list(self.weighting.parameters())
+        if self.mixed is not None:  # a rank may hold no example of a task another rank trained
+            dist_utils.fill_missing_gradients(model_params + weighting_params)
         dist_utils.allreduce_gradients(model_params + weighting_params)
         if self.tcfg.max_grad_norm > 0:
             self._clip(model_params, self.tcfg.max_grad_norm * float(np.mean(step_weights)))
@@ -214,6 +265,14 @@ class MultiTaskTrainer:
         if self.distill is not None:  # loss/<task>/hard and loss/<task>/soft of the distilled tasks
             out.update(self.distill.pop_metrics(self.device))
         return out
+
+    def _task_loss(self, task: str, batch: dict[str, torch.Tensor], idx: list[int] | None = None) -> torch.Tensor:
+        """Mean training loss of one task's batch (the frozen trunk's with ``train.freeze_shared``; hard +
+        soft teacher loss for a distilled task whose train-split indices ``idx`` are known)."""
+        with self._autocast():
+            if self.distill is not None and idx is not None and self.distill.teaches(task):
+                return self.distill.loss(task, batch, idx)  # train.distill_from
+            return self.model.loss(task, batch) if self.frozen is None else self.frozen.loss(task, batch)
 
     @staticmethod
     def _clip(params: list[torch.nn.Parameter], max_norm: float) -> None:
@@ -242,7 +301,7 @@ class MultiTaskTrainer:
     # ---------------------------------------------------------------- resumable state
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "version": STATE_VERSION,
             "step": self.step,
             "examples_seen": self.examples_seen,
@@ -254,6 +313,9 @@ class MultiTaskTrainer:
             "streams": {t: s.state_dict() for t, s in self.streams.items()},
             "weighting": {"params": self.weighting.state_dict(), "extra": self.weighting.extra_state()},
         }
+        if self.early_stopping is not None:
+            state["early_stopping"] = self.early_stopping.state_dict(self.model)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("version", -1)) != STATE_VERSION:
@@ -269,6 +331,8 @@ class MultiTaskTrainer:
             self.streams[t].load_state_dict(s)
         self.weighting.load_state_dict(state["weighting"]["params"])
         self.weighting.load_extra_state(state["weighting"]["extra"])
+        if self.early_stopping is not None and "early_stopping" in state:  # after the model's weights
+            self.early_stopping.load_state_dict(state["early_stopping"], self.model)
 
 
 def fit(
@@ -280,12 +344,14 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run ``trainer`` to ``train.max_steps``: log every ``log_every``, evaluate every ``eval_every``
-    (and at the end). ``on_eval(step, per_task_metrics, aggregate)`` is where callers checkpoint."""
+    (and at the end). ``on_eval(step, per_task_metrics, aggregate)`` is where callers checkpoint.
+    With ``trainer.early_stopping`` the run may end sooner, and the best weights are restored."""
     tcfg = trainer.tcfg
     window_start = time.perf_counter()
     window_examples = trainer.examples_seen
     window_losses: dict[str, list[float]] = defaultdict(list)
-    while trainer.step < tcfg.max_steps:
+    es = trainer.early_stopping
+    while trainer.step < tcfg.max_steps and not (es is not None and es.finished):
         if should_stop is not None and should_stop():
             return
         metrics = trainer.train_step()
@@ -305,6 +371,15 @@ def fit(
             window_losses.clear()
         if trainer.step % tcfg.eval_every == 0 or trainer.step == tcfg.max_steps:
             per_task = trainer.evaluate("validation")
+            aggregate = trainer.aggregate(per_task)
+            if es is not None:  # before on_eval: the checkpoint holds the updated counters
+                es.observe(trainer.step, per_task, aggregate, trainer.model)
+                if es.rewrites_final and (es.finished or trainer.step == tcfg.max_steps):
+                    es.restore(trainer.model)  # per-task bests: the final checkpoint is written from them
+                    per_task = trainer.evaluate("validation")
+                    aggregate = trainer.aggregate(per_task)
             if on_eval is not None:
-                on_eval(trainer.step, per_task, trainer.aggregate(per_task))
+                on_eval(trainer.step, per_task, aggregate)
             window_start, window_examples = time.perf_counter(), trainer.examples_seen
+    if es is not None:
+        es.restore(trainer.model)  # test scoring and the caller get the best weights

@@ -130,6 +130,7 @@ class EvalCheckpointer:
         self.publish, self.extra, self.echo = publish, dict(extra or {}), echo
         self.best_aggregate = float("-inf")
         self.best_checkpoint: Path | None = None
+        self.best_step: int | None = None
 
     def __call__(self, step: int, per_task: dict[str, dict[str, float]], aggregate: float) -> None:
         record = {"step": step, SCORE_ATTRIBUTE: aggregate, **flatten_metrics(per_task, "val"), **self.extra}
@@ -144,7 +145,7 @@ class EvalCheckpointer:
         if self.publish is None:
             assert self.checkpoint_dir is not None
             path = self._save(self.checkpoint_dir / name, per_task, aggregate)
-            self._keep(path, aggregate)
+            self._keep(path, aggregate, step)
             return
         with tempfile.TemporaryDirectory(prefix="mtl-ray-ckpt-", ignore_cleanup_errors=True) as tmp:
             self.publish(record, self._save(Path(tmp) / name, per_task, aggregate))
@@ -159,10 +160,10 @@ class EvalCheckpointer:
             {"validation": per_task, "aggregate": aggregate},
         )
 
-    def _keep(self, new: Path, aggregate: float) -> None:
+    def _keep(self, new: Path, aggregate: float, step: int) -> None:
         """Keep the best checkpoint by validation aggregate and the most recent ones."""
         if aggregate > self.best_aggregate:
-            self.best_aggregate, self.best_checkpoint = aggregate, new
+            self.best_aggregate, self.best_checkpoint, self.best_step = aggregate, new, step
         assert self.checkpoint_dir is not None
         keep = self.cfg.ray.num_to_keep
         existing = sorted(p for p in self.checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith("step-"))
@@ -175,12 +176,15 @@ class EvalCheckpointer:
 
 
 def test_results(trainer: MultiTaskTrainer, data: dict[str, TaskData]) -> dict[str, Any]:
-    """The end of every run: test metrics (gathered over all ranks), their aggregate, the baselines."""
+    """The end of every run: test metrics (gathered over all ranks), their aggregate, the baselines.
+    With early stopping ``fit`` has restored the best evaluation's weights: those are scored."""
     test = trainer.evaluate("test")
+    es = trainer.early_stopping
     return {
         "test": test,
         "test_aggregate": trainer.aggregate(test) if test else None,
         "majority_baseline": baselines(data, "test"),
+        "early_stopping": es.summary() if es is not None else None,
     }
 
 
@@ -232,6 +236,7 @@ def train(cfg: Config, resume_from: str | Path | None = None, progress: bool = T
         "examples_seen": trainer.examples_seen,
         "best_checkpoint": str(on_eval.best_checkpoint) if on_eval.best_checkpoint else None,
         "best_validation_aggregate": on_eval.best_aggregate,
+        "best_step": on_eval.best_step,
         **test_results(trainer, setup.data),
     }
     return write_run_outputs(out, summary, recorder.history)

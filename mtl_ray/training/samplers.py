@@ -1,6 +1,7 @@
-"""Task samplers: which task each micro-batch trains.
+"""Task samplers: which task each micro-batch (or each example of a mixed micro-batch) trains.
 
-Every micro-batch trains exactly one task. A sampler turns the train-split sizes ``n_i`` into a
+A sampler decides which task each micro-batch trains (with ``train.mixed_batches``, which task each
+example of a micro-batch belongs to: ``mtl_ray/training/mixed_batches.py``). A sampler turns the train-split sizes ``n_i`` into a
 distribution over tasks (possibly changing with the optimizer step) and draws from it with a
 ``numpy.random.Generator(PCG64(seed))``. Two properties the training loop relies on:
 
@@ -12,7 +13,8 @@ distribution over tasks (possibly changing with the optimizer step) and draws fr
   the very same sequence.
 
 Each draw consumes exactly one uniform from the generator whatever the probabilities are, so the
-sequence depends only on the seed and the number of draws. Tasks are keyed by name and always
+sequence depends only on the seed and the number of draws (the balanced sampler instead draws one
+permutation per block of N draws, and stores its place in the block). Tasks are keyed by name and always
 iterated in sorted-name order, so the dict order of ``sizes`` never matters.
 
 Adding a sampler: one class with ``probabilities(step)`` and ``from_config(sizes, cfg, seed)`` that
@@ -96,6 +98,10 @@ class SeededTaskDraw:
         u = self._rng.random() * cdf[-1]
         idx = int(np.searchsorted(cdf, u, side="right"))
         return self.tasks[min(idx, len(self.tasks) - 1)]
+
+    def permutation(self) -> list[str]:
+        """The tasks in a random order (advances the generator by one permutation)."""
+        return [self.tasks[int(i)] for i in self._rng.permutation(len(self.tasks))]
 
     def state_dict(self) -> dict[str, Any]:
         st = self._rng.bit_generator.state
@@ -251,11 +257,62 @@ class AnnealedSampler:
         self._draw.load_state_dict(state)
 
 
+class BalancedSampler:
+    """Every consecutive block of N draws (N = number of tasks) is a seeded random permutation of the tasks.
+
+    After ``m·N`` draws every task has been drawn exactly ``m`` times, and at any point no two tasks'
+    counts differ by more than 1: one micro-batch per task per block (with ``train.mixed_batches``, one
+    example per task per block). This is the guarantee an equal-compute comparison needs: with
+    ``N·S`` optimizer steps (one micro-batch each), every task gets exactly the ``S`` updates of its
+    single-task model. ``probabilities`` reports the long-run frequency 1/N; the order inside a block
+    is random so that no task always comes last before an evaluation.
+
+    State: the generator, the current block and the position inside it (``position == N``: the block is
+    used up, the next draw starts a new one).
+    """
+
+    name = "balanced"
+
+    def __init__(self, sizes: Mapping[str, int], seed: int) -> None:
+        self._tasks = list(_check_sizes(sizes))
+        self._draw = SeededTaskDraw(self._tasks, seed)
+        self._block: list[str] = []
+        self._position = 0
+
+    @classmethod
+    def from_config(cls, sizes: Mapping[str, int], cfg: TrainConfig, seed: int) -> BalancedSampler:
+        return cls(sizes, seed)
+
+    def probabilities(self, step: int) -> dict[str, float]:
+        return {t: 1.0 / len(self._tasks) for t in self._tasks}
+
+    def sample(self, step: int) -> str:
+        if self._position >= len(self._block):
+            self._block, self._position = self._draw.permutation(), 0
+        task = self._block[self._position]
+        self._position += 1
+        return task
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.name, **self._draw.state_dict(), "block": list(self._block), "position": self._position}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        _check_sampler_name(state, self.name)
+        block, position = list(state.get("block", [])), int(state.get("position", 0))
+        if (block and sorted(block) != self._tasks) or not 0 <= position <= len(block):
+            raise CheckpointError(
+                f"sampler state: balanced block {block} at position {position} is not a permutation of {self._tasks}"
+            )
+        self._draw.load_state_dict(state)
+        self._block, self._position = block, position
+
+
 SAMPLERS: dict[str, type] = {
     "proportional": ProportionalSampler,
     "temperature": TemperatureSampler,
     "uniform": UniformSampler,
     "annealed": AnnealedSampler,
+    "balanced": BalancedSampler,
 }
 
 

@@ -228,6 +228,14 @@ def test_stage2_config_resolves_to_the_stage1_best_checkpoint(tmp_path):
     resolved = study.resolve(cfg, runs)
     assert resolved["model"]["init_from"] == str(runs / "hard_es" / "seed0" / "checkpoints" / "step_40")
     assert cfg["model"]["init_from"] == "@best:hard_es/seed0"  # the run's own config is not changed
+    kd = {
+        "tasks": {"a": {"type": "classification"}, "b": {"type": "regression"}},
+        "train": {"distill_from": str(runs / "single_task" / "seed0")},
+    }
     (runs / "single_task" / "seed0" / "a").mkdir(parents=True)
+    (runs / "single_task" / "seed0" / "a" / "result.json").write_text("{}")
     with pytest.raises(study.DependencyMissing, match="single_task/seed0"):
-        study.resolve({"train": {"distill_from": str(runs / "single_task" / "seed0")}}, runs)
+        study.resolve(kd, runs)  # task b's teacher has not finished
+    (runs / "single_task" / "seed0" / "b").mkdir(parents=True)
+    (runs / "single_task" / "seed0" / "b" / "result.json").write_text("{}")
+    assert study.resolve(kd, runs)["train"]["distill_from"] == str(runs / "single_task" / "seed0")

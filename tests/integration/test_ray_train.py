@@ -92,6 +92,30 @@ def test_two_workers_equal_one_process_with_twice_the_batch(reference_run):
     assert [r["step"] for r in hist if "val/aggregate" in r] == [3, 6]
 
 
+def test_mixed_batches_two_workers_equal_one_process_with_twice_the_batch(
+    train_cluster, nodrop_encoder_dir, tiny_task_files, tmp_path
+):
+    """train.mixed_batches: every micro-batch mixes the tasks; per-rank counts differ (odd task counts), the
+    gradient average is still the global batch's (training/mixed_batches.py)."""
+    cfg = make_config(
+        nodrop_encoder_dir, tiny_task_files, tmp_path / "run", mixed_batches=True, loss_scaling="auto", batch_size=5
+    )
+    summary = run_ray_training(cfg)
+    assert summary["rank_param_digests"][0] == summary["rank_param_digests"][1]
+    d = config_to_dict(cfg)
+    single = config_from_dict({**d, "train": {**d["train"], "batch_size": 10}})
+    setup = setup_run(single)
+    trainer = build_trainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
+    for _ in range(STEPS):
+        trainer.train_step()
+    ray_state = final_state(summary)
+    for name, p in trainer.model.named_parameters():
+        assert torch.allclose(p.detach(), ray_state[name], atol=1e-5), name
+    assert summary["examples_seen"] == trainer.examples_seen == STEPS * 2 * 10
+    trained = {k[5:] for r in records(summary) for k in r if k.startswith("loss/")}
+    assert trained == {"sentiment", "score", "match"}
+
+
 def test_validation_metrics_cover_both_ranks(reference_run):
     """The reported metrics equal a single-process evaluation of the same weights on the whole split."""
     cfg, summary = reference_run

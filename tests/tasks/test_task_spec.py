@@ -33,7 +33,7 @@ def test_every_config_task_type_is_registered_and_consistent():
 def test_unknown_type_lists_the_valid_ones():
     with pytest.raises(
         ConfigError,
-        match="unknown task type 'ner'; valid: classification, contrastive, pair_classification, regression",
+        match="unknown task type 'ner'; valid: classification, contrastive, mlm, pair_classification, regression",
     ):
         get_task_type("ner")
     with pytest.raises(ConfigError, match="tasks.x.type: unknown task type 'ner'"):

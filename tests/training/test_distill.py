@@ -343,3 +343,16 @@ def test_workers_get_absolute_teacher_paths(tiny_encoder_dir, tiny_task_files, t
     for given, want in (("t/a", str(tmp_path / "t/a")), (["t/a", "b"], [str(tmp_path / "t/a"), str(tmp_path / "b")])):
         cfg = config_from_dict(cfg_dict(tiny_encoder_dir, tiny_task_files, tmp_path / "s", distill_from=given))
         assert absolute_paths(cfg).train.distill_from == want
+
+
+def test_distillation_with_mixed_batches_is_refused_naming_both_keys():
+    from mtl_ray.config import config_from_dict
+    from mtl_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.distill_from: not supported with train.mixed_batches"):
+        config_from_dict(
+            {
+                "tasks": {"a": {"type": "classification", "source": "a.csv"}},
+                "train": {"distill_from": "teachers", "mixed_batches": True},
+            }
+        )

@@ -6,6 +6,7 @@ two processes to one and grows back through checkpoints against the fixed two-pr
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from helpers import tiny_config_dict
 from mtl_ray.config import config_from_dict
 from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.checkpointing import load_for_resume, save_training_checkpoint
-from mtl_ray.training.loop import slices_of_rank
+from mtl_ray.training.loop import MultiTaskTrainer, slices_of_rank
 from mtl_ray.training.run import restore_trainer, setup_run
 
 STEPS = 6
@@ -127,3 +128,84 @@ def test_shrink_to_one_worker_and_grow_back_equals_the_fixed_run(fixed_run, tmp_
     assert seen == want_seen
     state = load_for_resume(ck4).training_state  # who wrote it, and the global layout it keeps
     assert (state["world_size"], state["data_parallel_size"]) == (1, MAX_WORKERS)
+
+
+# --------------------------------------------------------------------------- seeds of runs before elastic
+
+
+def with_mlm(d: dict) -> dict:
+    """``d`` plus an mlm task (the regression file's texts): its masks are drawn from the slice's seed too."""
+    mlm = {"type": "mlm", "source": d["tasks"]["score"]["source"], "max_length": 32, "mask_probability": 0.15}
+    return {**d, "tasks": {**d["tasks"], "mlm": mlm}}
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["single-task", "mixed"])
+def test_a_fixed_run_without_accumulation_keeps_the_per_rank_seeds_of_earlier_runs(
+    tiny_encoder_dir, tiny_task_files, tmp_path, monkeypatch, mixed
+):
+    """One process, grad_accum_steps 1, dropout and mlm masks on: bit-identical to the seeding rule of
+    runs before elastic training, torch.manual_seed(crc32(f"{seed}:{step}:{rank}")) at the step's start."""
+    d = with_mlm(tiny_config_dict(tiny_encoder_dir, tiny_task_files, tmp_path / "out", max_steps=4, batch_size=4))
+    # balanced: 4 steps draw each of the 4 tasks once (single-task), or one example of each per step (mixed)
+    d["train"].update(sampler="balanced", weighting="uncertainty", mixed_batches=mixed, loss_scaling="auto")
+    cfg = config_from_dict(d)
+
+    def run(reference: bool) -> tuple[list[dict], dict]:
+        setup = setup_run(cfg)
+        trainer = build_trainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
+        history = []
+        for _ in range(4):
+            if reference:  # the old rule, applied from outside
+                torch.manual_seed(zlib.crc32(f"{cfg.train.seed}:{trainer.step}:0".encode()))
+            history.append(trainer.train_step())
+        return history, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+    got, got_params = run(reference=False)
+    with monkeypatch.context() as m:
+        m.setattr(MultiTaskTrainer, "_seed_slice", lambda self, micro, slice_: None)
+        want, want_params = run(reference=True)
+    assert sum("loss/mlm" in h for h in got) == (4 if mixed else 1)
+    assert got == want  # exact floats
+    for name, p in want_params.items():
+        assert torch.equal(got_params[name], p), name
+
+
+def test_later_micro_batches_and_slices_get_their_own_keys(tiny_config):
+    trainer = build_trainer_of(tiny_config())
+    trainer.step = 7
+    keys = {}
+    for micro, slice_ in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        trainer._seed_slice(micro, slice_)
+        keys[(micro, slice_)] = torch.initial_seed()
+    assert keys == {
+        (0, 0): zlib.crc32(b"0:7:0"),
+        (0, 1): zlib.crc32(b"0:7:1"),
+        (1, 0): zlib.crc32(b"0:7:1:0"),
+        (1, 1): zlib.crc32(b"0:7:1:1"),
+    }
+
+
+def build_trainer_of(cfg):
+    setup = setup_run(cfg)
+    return build_trainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
+
+
+# --------------------------------------------------------------------------- mixed micro-batches, sliced
+
+
+@pytest.fixture(scope="module")
+def mixed_fixed_run(tiny_encoder_dir, tiny_task_files, tmp_path_factory):
+    """Mixed micro-batches (with an mlm task) on two gloo workers, one slice each: 2 examples per slice over
+    4 tasks, so slices hold none of some task; dropout on."""
+    tmp = tmp_path_factory.mktemp("mixed-fixed")
+    d = with_mlm(cfg_dict(tiny_encoder_dir, tiny_task_files, tmp / "out"))
+    d["train"].update(batch_size=2, mixed_batches=True, sampler="uniform", loss_scaling="auto", max_steps=4)
+    return d, on_two_gloo_workers(d, tmp / "gloo", 4)
+
+
+def test_mixed_batches_one_worker_with_two_slices_equals_two_gloo_workers(mixed_fixed_run):
+    d, (want, want_params, want_seen) = mixed_fixed_run
+    history, params, seen = train_until(d, 4, None, None)  # world size 1, data_parallel_size 2
+    assert_same_curve(history, want)
+    assert_same_params(params, want_params)
+    assert seen == want_seen == 4 * 2 * 2 * MAX_WORKERS  # steps × accum × batch_size × slices

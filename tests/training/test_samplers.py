@@ -20,7 +20,7 @@ def expected(name: str, cfg: TrainConfig, step: int = 0) -> dict[str, float]:
     n = {t: float(v) for t, v in SIZES.items()}
     if name == "proportional":
         w = n
-    elif name == "uniform":
+    elif name in ("uniform", "balanced"):
         w = {t: 1.0 for t in n}
     else:
         if name == "temperature":
@@ -73,6 +73,50 @@ def test_annealed_endpoints_equal_temperature_sampling():
     # small tasks gain probability monotonically along the schedule
     small = [annealed.probabilities(s)["small"] for s in range(0, 201, 50)]
     assert small == sorted(small)
+
+
+def test_annealed_exponents_and_probabilities_by_hand():
+    """T(step) = 1 + (3 - 1)·step/100, p_i ∝ n_i^(1/T): sizes 1, 64 = 8² = 4³, 729 = 27² = 9³ make every root exact."""
+    cfg = TrainConfig(max_steps=100, anneal_start_temperature=1.0, anneal_end_temperature=3.0)
+    annealed = build_sampler("annealed", {"a": 1, "b": 64, "c": 729}, cfg, seed=0)
+    by_step = {
+        0: (1.0, {"a": 1 / 794, "b": 64 / 794, "c": 729 / 794}),  # exponent 1: proportional
+        25: (1.5, {"a": 1 / 98, "b": 16 / 98, "c": 81 / 98}),  # exponent 2/3: 64^(2/3) = 16, 729^(2/3) = 81
+        50: (2.0, {"a": 1 / 36, "b": 8 / 36, "c": 27 / 36}),  # exponent 1/2 (mid): square roots
+        100: (3.0, {"a": 1 / 14, "b": 4 / 14, "c": 9 / 14}),  # exponent 1/3 (max_steps): cube roots
+        400: (3.0, {"a": 1 / 14, "b": 4 / 14, "c": 9 / 14}),  # held after max_steps
+    }
+    for step, (temp, probs) in by_step.items():
+        assert annealed.temperature(step) == pytest.approx(temp, abs=1e-12), step
+        assert annealed.probabilities(step) == pytest.approx(probs, abs=1e-12), step
+
+
+def test_balanced_every_block_is_a_permutation_and_counts_are_exact():
+    sampler = build_sampler("balanced", SIZES, TrainConfig(), seed=4)
+    draws = [sampler.sample(i) for i in range(3 * 50)]
+    for b in range(50):
+        assert sorted(draws[3 * b : 3 * b + 3]) == sorted(SIZES), b  # one of each task per block
+    for n in range(1, len(draws) + 1):  # at every prefix, no task is more than one draw behind
+        counts = Counter(draws[:n])
+        assert max(counts.values()) - min(counts.get(t, 0) for t in SIZES) <= 1, n
+    assert Counter(draws) == {t: 50 for t in SIZES}  # N·T draws -> exactly N each, whatever the sizes
+    assert len({tuple(draws[3 * b : 3 * b + 3]) for b in range(50)}) > 1  # the order inside a block varies
+
+
+def test_balanced_resumes_mid_block():
+    cfg = TrainConfig()
+    sampler = build_sampler("balanced", SIZES, cfg, seed=2)
+    head = [sampler.sample(i) for i in range(4)]  # one full block and one draw into the second
+    state = json.loads(json.dumps(sampler.state_dict()))
+    assert state["position"] == 1 and sorted(state["block"]) == sorted(SIZES)
+    assert state["block"][0] == head[3]
+    reference = [sampler.sample(i) for i in range(4, 40)]
+    fresh = build_sampler("balanced", SIZES, cfg, seed=0)
+    fresh.load_state_dict(state)
+    assert [fresh.sample(i) for i in range(4, 40)] == reference
+    assert sorted(head[3:4] + reference[:2]) == sorted(SIZES)  # the interrupted block completes after resume
+    with pytest.raises(CheckpointError, match="not a permutation"):
+        fresh.load_state_dict({**state, "block": ["small", "small", "large"]})
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

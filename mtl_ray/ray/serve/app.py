@@ -28,8 +28,15 @@ INGRESS, ENCODER = "Ingress", "Encoder"
 
 def served_specs(cfg: ServeConfig, info: CheckpointInfo) -> dict[str, TaskSpec]:
     """The tasks to serve: the checkpoint's, plus tasks added by ``heads.<task>.checkpoint``,
-    restricted to ``cfg.tasks``. Added heads' checkpoints are verified here."""
-    specs = dict(info.specs)
+    restricted to ``cfg.tasks``. Added heads' checkpoints are verified here. A training-only task (mlm)
+    is never served: no head deployment, refused when named."""
+    specs = {t: s for t, s in info.specs.items() if s.served}
+    for task in [*(cfg.tasks or ()), *cfg.heads]:
+        if task in info.specs and not info.specs[task].served:
+            raise ConfigError(
+                f"serve config: {task!r} is a {info.specs[task].type} training objective, not a served task; "
+                f"served: {', '.join(sorted(specs))}"
+            )
     for task, head in cfg.heads.items():
         if task not in specs:
             if not head.checkpoint:
