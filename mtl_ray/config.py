@@ -171,8 +171,8 @@ class TrainConfig:
     early_stopping_per_task: bool = False
 
     # several tasks per micro-batch (Aghajanyan et al. 2021, Muppet): the global micro-batch is split across
-    # tasks by batch_size × workers draws of the task sampler; each task's mean loss is weighted and summed
-    # (mtl_ray/training/mixed_batches.py). False: every micro-batch trains one sampled task
+    # tasks by batch_size × workers (elastic: max) draws of the task sampler; each task's mean loss is weighted
+    # and summed (mtl_ray/training/mixed_batches.py). False: every micro-batch trains one sampled task
     mixed_batches: bool = False
     # per-task loss scale, in both batch modes: "none" (1), or "auto": class-label losses × 1/ln(num_classes),
     # value-label losses × 1/variance of the train labels, unsupervised losses × 1 (training/loss_scaling.py)
@@ -260,7 +260,10 @@ class RayConfig:
     """The thin Ray shell: where and how wide to run."""
 
     address: str | None = None  # None -> $RAY_ADDRESS, else an embedded local Ray
-    num_workers: int = 1  # data-parallel training workers
+    # data-parallel training workers: an int, or [min, max] for elastic training (Ray Train runs as many
+    # as fit, at least min, and restarts the group from the last checkpoint when workers are lost or
+    # more fit); the global batch is train.batch_size × max × train.grad_accum_steps either way
+    num_workers: int | list[int] = 1
     use_gpu: bool = False  # one GPU per worker (nccl), else CPU (gloo)
     cpus_per_worker: float = 1.0
     storage_path: str | None = None  # Ray Train storage (absolute path or URI); None -> <output_dir>/ray
@@ -273,10 +276,30 @@ class RayConfig:
     # how Ray places the workers' bundles: PACK (fill a node first), SPREAD (one per node where it can),
     # STRICT_PACK / STRICT_SPREAD (the same, or fail to schedule)
     placement_strategy: str = "PACK"
+    # elastic num_workers: how often a healthy run checks whether more workers fit now (Ray's
+    # ScalingConfig.elastic_resize_monitor_interval_s); growing restarts the group from the last checkpoint
+    elastic_resize_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1:
+        if isinstance(self.num_workers, list):
+            if len(self.num_workers) != 2:
+                raise ConfigError(
+                    f"ray.num_workers: expected an int or [min, max], got {len(self.num_workers)} values {self.num_workers}"
+                )
+            low, high = self.num_workers
+            if low < 1:
+                raise ConfigError(f"ray.num_workers: min must be >= 1, got {self.num_workers}")
+            if low > high:
+                raise ConfigError(f"ray.num_workers: min {low} is larger than max {high} in {self.num_workers}")
+            if self.streaming:
+                raise ConfigError(
+                    f"ray.num_workers: elastic {self.num_workers} is not supported with ray.streaming (Ray Data "
+                    "splits the stream for a fixed number of workers); give an int or set ray.streaming=false"
+                )
+        elif self.num_workers < 1:
             raise ConfigError(f"ray.num_workers: must be >= 1, got {self.num_workers}")
+        if self.elastic_resize_interval_s < 0:
+            raise ConfigError(f"ray.elastic_resize_interval_s: must be >= 0, got {self.elastic_resize_interval_s}")
         if self.cpus_per_worker <= 0:
             raise ConfigError(f"ray.cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
         if self.max_failures < -1:
@@ -289,6 +312,20 @@ class RayConfig:
             raise ConfigError(
                 f"ray.placement_strategy: must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}"
             )
+
+    @property
+    def elastic(self) -> bool:
+        """``num_workers`` is a ``[min, max]`` range (Ray Train elastic training)."""
+        return isinstance(self.num_workers, list)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, list) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The widest the run gets; it fixes the global batch (``train.batch_size × max_workers × accum``)."""
+        return self.num_workers[1] if isinstance(self.num_workers, list) else self.num_workers
 
 
 @dataclass

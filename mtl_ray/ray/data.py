@@ -259,7 +259,7 @@ def plan_streaming(cfg: Config, tokenizer_path: str) -> dict[str, StreamedTask]:
             count, label_names = _train_stats(task, train)
             if task.max_train_examples is not None and task.max_train_examples < count:
                 train, count = train.limit(task.max_train_examples), task.max_train_examples
-            per_step = cfg.train.batch_size * cfg.ray.num_workers
+            per_step = cfg.train.batch_size * cfg.ray.max_workers
             if count < per_step:
                 raise DataError(
                     f"{task.source}: {count} train rows, fewer than one global batch "

@@ -74,8 +74,20 @@ class TwoNodes:
         self.worker = None
 
     def add_worker(self) -> None:
-        """Start a fresh worker node (new node id, resource node_b)."""
-        self.worker = self.cluster.add_node(**_node_args(WORKER_RESOURCE, self.temp_dir, self.num_cpus))
+        """Start a fresh worker node (new node id, resource node_b). From any thread: Ray's node object
+        installs a SIGTERM handler, which Python allows only on the main thread, so a watcher thread
+        (while the main thread runs a training) skips it; the cluster's shutdown still stops the node."""
+        import threading
+
+        import ray._private.utils
+
+        install = ray._private.utils.set_sigterm_handler
+        if threading.current_thread() is not threading.main_thread():
+            ray._private.utils.set_sigterm_handler = lambda *a, **k: None
+        try:
+            self.worker = self.cluster.add_node(**_node_args(WORKER_RESOURCE, self.temp_dir, self.num_cpus))
+        finally:
+            ray._private.utils.set_sigterm_handler = install
         self.cluster.wait_for_nodes()
 
 

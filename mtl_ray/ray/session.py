@@ -144,6 +144,7 @@ class ResourceRequest:
     per_worker: dict[str, float]
     extra: dict[str, float] | None = None  # e.g. CPUs kept free for Ray Data tasks
     extra_reason: str = ""
+    workers_key: str = ""  # where num_workers comes from, e.g. "ray.num_workers min 3 of [3, 4]"
 
     def total(self) -> dict[str, float]:
         out = {k: v * self.num_workers for k, v in self.per_worker.items()}
@@ -172,6 +173,8 @@ def check_resources(request: ResourceRequest, cluster: dict[str, Any] | None = N
         have = float(cluster.get(key, 0.0))
         if need > have + 1e-9:
             what = f"{request.num_workers} workers × {_fmt(request.per_worker.get(key, 0.0))} {key}"
+            if request.workers_key:
+                what = f"{request.workers_key}: {what}"
             if request.extra and key in request.extra:
                 what += f" + {_fmt(request.extra[key])} {key} {request.extra_reason}".rstrip()
             problems.append(f"{key}: needs {_fmt(need)} ({what}), the cluster has {_fmt(have)}")

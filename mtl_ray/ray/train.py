@@ -37,6 +37,7 @@ from mtl_ray.training.driver import (
     param_digest,
     precheck_resume,
     prepare_assets,
+    step_delay_from_env,
     storage_location,
     tokenizer_location,
 )
@@ -69,7 +70,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     _quiet_ray_train_reports()
     cfg = config_from_dict(config["config"])
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
     set_torch_threads(cfg, cfg.ray.cpus_per_worker)  # a worker reserves cpus_per_worker CPUs
     setup, streams = _setup_worker_data(cfg, config.get("streamed") or {})
     trainer = build_trainer(
@@ -79,6 +81,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         setup.tokenizer.pad_token_id,
         device=ray.train.torch.get_device(),
         train_streams=streams,
+        # the global batch is max workers' worth of slices whatever the current size (elastic runs)
+        data_parallel_size=cfg.ray.max_workers,
     )
     restored_from = _restore(trainer, cfg, config.get("resume_from"))
     run = _run_folder(config, cfg)  # cfg.train.output_dir is run.local
@@ -87,7 +91,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     recorder = open_recorder(Path(cfg.train.output_dir), trainer.step) if rank == 0 else None
     if rank == 0 and restored_from:
         print(f"resumed at step {trainer.step} from {restored_from}", flush=True)
+    if rank == 0 and cfg.ray.elastic:
+        print(f"elastic: {world_size} workers of {cfg.ray.num_workers} from step {trainer.step}", flush=True)
     fault = config.get("fault")
+    delay = config.get("delay")
     first_step_at: list[float] = []
 
     def on_step(metrics: dict[str, float]) -> None:
@@ -95,10 +102,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             first_step_at.append(time.time())
         if fault and trainer.step == fault["step"] and rank == fault["rank"]:
             _inject_fault(Path(fault["marker"]), trainer.step)
+        if delay and (delay["while"] is None or os.path.exists(delay["while"])):
+            time.sleep(delay["seconds"])  # test switch (training.driver.STEP_DELAY_ENV)
 
     def on_log(metrics: dict[str, float]) -> None:
         if recorder is not None:
-            recorder.log(metrics)
+            recorder.log({**metrics, "workers": world_size})  # which worker count ran the step
             print(format_log_line(metrics, cfg.train.max_steps), flush=True)
 
     checkpointer = EvalCheckpointer(
@@ -126,6 +135,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         "train_seconds": train_seconds,
         "first_step_unix": first_step_at[0] if first_step_at else None,
         "restored_from": restored_from,
+        "world_size": world_size,
         **results,
         "history": recorder.history,
         "rank_param_digests": digests,
@@ -243,7 +253,7 @@ def run_ray_training(
     local Ray). Writes config.yaml, metrics.jsonl, TensorBoard, training_curves.png, summary.json and the
     checkpoints to one run folder, ``<storage>/<run name>`` (``summary["output_dir"]``; see
     :mod:`mtl_ray.ray.storage`), and returns the summary (``best_checkpoint`` is the best by ``val/aggregate``)."""
-    from mtl_ray.ray.session import ResourceRequest, check_resources, ray_session, resolve_address
+    from mtl_ray.ray.session import check_resources, ray_session, resolve_address
     from mtl_ray.training.run import write_run_outputs
 
     cfg = absolute_paths(cfg)
@@ -256,13 +266,8 @@ def run_ray_training(
     if resume_from is not None:
         resume_from = resume_from if is_uri(resume_from) else str(Path(resume_from).expanduser().resolve())
         precheck_resume(resume_from, cfg)
-    per_worker = {"CPU": cfg.ray.cpus_per_worker}
-    if cfg.ray.use_gpu:
-        per_worker["GPU"] = 1.0
-    # streaming: Ray Data tasks need CPUs the workers do not hold, or ingest deadlocks
-    extra = {"CPU": cfg.ray.data_cpus} if cfg.ray.streaming else None
-    request = ResourceRequest(cfg.ray.num_workers, per_worker, extra, "kept free for Ray Data (ray.data_cpus)")
-    fault = fault_from_env(out, cfg.ray.num_workers)
+    request = resource_request(cfg)
+    fault = fault_from_env(out, cfg.ray.max_workers)
     apply_env_defaults()
 
     with ray_session(resolve_address(address, cfg.ray.address)):
@@ -294,8 +299,9 @@ def run_ray_training(
         "time_to_first_step_s": (first - started) if first else None,
         "first_step_unix": first,  # the last attempt's first step (after a restart: the resumed one)
         "examples_seen": value.get("examples_seen"),
-        "num_workers": cfg.ray.num_workers,
-        "global_batch_size": cfg.train.batch_size * cfg.ray.num_workers * cfg.train.grad_accum_steps,
+        "num_workers": cfg.ray.num_workers,  # an int, or [min, max] when elastic
+        "final_num_workers": value.get("world_size"),  # the last attempt's worker count
+        "global_batch_size": global_batch_size(cfg),
         "best_checkpoint": best.path if best is not None else None,
         "best_validation_aggregate": best_metrics.get(SCORE_ATTRIBUTE),
         "best_step": best_metrics.get("step"),
@@ -311,6 +317,25 @@ def run_ray_training(
     write_run_outputs(out, summary, value.get("history", []))
     run.push()
     return summary
+
+
+def global_batch_size(cfg: Config) -> int:
+    """Examples per optimizer step: ``train.batch_size × max workers × train.grad_accum_steps``, whatever
+    the current worker count of an elastic run (see :func:`mtl_ray.training.loop.slices_of_rank`)."""
+    return cfg.train.batch_size * cfg.ray.max_workers * cfg.train.grad_accum_steps
+
+
+def resource_request(cfg: Config) -> Any:
+    """What the run needs before it can start: ``ray.num_workers`` (its min when elastic) workers."""
+    from mtl_ray.ray.session import ResourceRequest
+
+    per_worker = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        per_worker["GPU"] = 1.0
+    # streaming: Ray Data tasks need CPUs the workers do not hold, or ingest deadlocks
+    extra = {"CPU": cfg.ray.data_cpus} if cfg.ray.streaming else None
+    key = f"ray.num_workers min {cfg.ray.min_workers} of {cfg.ray.num_workers}" if cfg.ray.elastic else ""
+    return ResourceRequest(cfg.ray.min_workers, per_worker, extra, "kept free for Ray Data (ray.data_cpus)", key)
 
 
 def run_name(cfg: Config) -> str:
@@ -372,10 +397,13 @@ def build_torch_trainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers,
+            # elastic [min, max]: Ray Train starts with as many as fit (>= min) and restarts the group from
+            # the latest checkpoint when workers are lost or, every elastic_resize_interval_s, more fit
+            num_workers=tuple(cfg.ray.num_workers) if cfg.ray.elastic else cfg.ray.num_workers,
             use_gpu=cfg.ray.use_gpu,
             resources_per_worker=per_worker,
             placement_strategy=cfg.ray.placement_strategy,
+            elastic_resize_monitor_interval_s=cfg.ray.elastic_resize_interval_s,
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -419,6 +447,7 @@ def _build_trainer(
             "config": config_to_dict(cfg),
             "resume_from": resume_from,
             "fault": fault,
+            "delay": step_delay_from_env(),
             "streamed": stream_info,
             "run": run.to_dict(),
         },

@@ -5,9 +5,10 @@ stage 0 before it (an mlm-only run whose checkpoint a later run starts from with
 Per batch, ``mask_probability`` (0.15) of the non-special, non-padding tokens are chosen; of those 80 %
 become ``[MASK]``, 10 % a uniformly random token, 10 % stay as they are; the loss is the cross-entropy
 of the original token at the chosen positions only (labels -100 elsewhere). The masks are drawn from a
-generator seeded by one draw of torch's default CPU generator, which the loop seeds at every optimizer
-step from (seed, step, rank) (``MultiTaskTrainer._seed_step``): a resumed run masks exactly as the
-uninterrupted one, and the masks do not depend on the device.
+generator seeded by one draw of torch's default CPU generator, which the loop seeds right before every
+slice's forward from (seed, step, micro-batch, slice) (``MultiTaskTrainer._seed_slice``): a resumed run
+masks exactly as the uninterrupted one, an elastic run's slice masks alike on any worker, and the masks do
+not depend on the device.
 
 The head is BERT's prediction head: dense H -> H, the encoder's activation, LayerNorm, then a decoder
 to the vocabulary whose weight IS the encoder's input word-embedding matrix (weight tying, Press &
@@ -83,7 +84,7 @@ def mask_tokens(
 
 def step_generator() -> torch.Generator:
     """A CPU generator for this micro-batch's masks, seeded by one draw of torch's default CPU generator
-    (which ``MultiTaskTrainer._seed_step`` seeds from (seed, step, rank) at every optimizer step)."""
+    (which ``MultiTaskTrainer._seed_slice`` seeds from (seed, step, micro-batch, slice) before each forward)."""
     return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
 
 

@@ -103,11 +103,14 @@ def build_trainer(
     *,
     device: torch.device | str | None = None,
     train_streams: Mapping[str, RowStream] | None = None,
+    data_parallel_size: int | None = None,
 ) -> MultiTaskTrainer:
     """The trainer for ``cfg.train``, with its components built here: the loss weighting over the
     trained tasks' static weights, AdamW over the model (+ learnable weights), the warm-up/decay schedule
     and the task sampler over the tasks' training sizes. ``train_streams``: tasks whose training rows come
-    from a stream (e.g. a Ray Data shard); their ``data`` entry holds only eval splits."""
+    from a stream (e.g. a Ray Data shard); their ``data`` entry holds only eval splits.
+    ``data_parallel_size``: slices per global micro-batch (None: the world size; Ray Train passes
+    ``ray.num_workers``' max so an elastic run keeps one global batch)."""
     tcfg = cfg.train
     streams = dict(train_streams or {})
     sizes = train_sizes(data, streams)
@@ -152,4 +155,5 @@ def build_trainer(
         train_streams=streams,
         distill=distill,
         loss_scales=scales,
+        data_parallel_size=data_parallel_size,
     )

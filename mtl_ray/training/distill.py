@@ -263,10 +263,14 @@ class Distiller:
         return mix(hard, soft, self.alpha)
 
     def pop_metrics(self, device: torch.device | str = "cpu") -> dict[str, float]:
-        """The hard and soft losses of the step's distilled micro-batches (mean over ranks), then reset."""
-        means = {k: float(np.mean(v)) for k, v in self._parts.items()}
+        """The hard and soft losses of the step's distilled slices (mean over every slice of every rank;
+        an elastic run's ranks may compute different numbers of slices), then reset."""
+        local = {f"sum/{k}": float(np.sum(v)) for k, v in self._parts.items()}
+        local.update({f"n/{k}": float(len(v)) for k, v in self._parts.items()})
+        keys = sorted(self._parts)
         self._parts.clear()
-        return dist_utils.mean_across_ranks(means, device)  # every rank drew the same tasks: same keys
+        totals = dist_utils.sum_dict_across_ranks(local, device)  # every rank drew the same tasks: same keys
+        return {k: totals[f"sum/{k}"] / totals[f"n/{k}"] for k in keys}
 
     # ------------------------------------------------------------------ construction
 

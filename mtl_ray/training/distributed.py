@@ -46,12 +46,19 @@ def allreduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
 
 def mean_across_ranks(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
     """Average a dict of floats over ranks (keys must be identical on every rank)."""
+    if not is_distributed():
+        return dict(values)
+    world = dist.get_world_size()
+    return {k: v / world for k, v in sum_dict_across_ranks(values, device).items()}
+
+
+def sum_dict_across_ranks(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
+    """Sum a dict of floats over ranks (keys must be identical on every rank)."""
     if not is_distributed() or not values:
         return dict(values)
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t /= dist.get_world_size()
     return {k: float(v) for k, v in zip(keys, t.tolist())}
 
 

@@ -19,6 +19,11 @@ FAULT_STEP_ENV = "MTL_RAY_FAULT_AT_STEP"  # kill one worker once, right after th
 
 FAULT_RANK_ENV = "MTL_RAY_FAULT_RANK"  # which rank (default: the last one)
 
+# the elastic tests: every rank sleeps this long after each optimizer step (only while the file named by
+# STEP_DELAY_WHILE_ENV exists, when set), so a run outlasts Ray's resize detection; the numbers are unchanged
+STEP_DELAY_ENV = "MTL_RAY_STEP_DELAY_S"
+STEP_DELAY_WHILE_ENV = "MTL_RAY_STEP_DELAY_WHILE"
+
 
 def param_digest(model: Any) -> str:
     """sha256 of every parameter's bytes, in name order: equal digests mean bit-identical weights."""
@@ -43,6 +48,18 @@ def fault_from_env(out: Path, num_workers: int) -> dict[str, Any] | None:
     if step < 1 or not 0 <= rank < num_workers:
         raise ConfigError(f"{FAULT_STEP_ENV}={step} / {FAULT_RANK_ENV}={rank}: need step >= 1 and 0 <= rank < workers")
     return {"step": step, "rank": rank, "marker": str(out / f".fault-injected-step-{step}-rank-{rank}")}
+
+
+def step_delay_from_env() -> dict[str, Any] | None:
+    """``MTL_RAY_STEP_DELAY_S=s`` [``MTL_RAY_STEP_DELAY_WHILE=file``]: ``{"seconds", "while"}`` or None."""
+    raw = os.environ.get(STEP_DELAY_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"{STEP_DELAY_ENV}: expected seconds, got {raw!r}") from None
+    return {"seconds": seconds, "while": os.environ.get(STEP_DELAY_WHILE_ENV) or None}
 
 
 def is_uri(path: str) -> bool:

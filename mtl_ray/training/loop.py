@@ -8,9 +8,16 @@ Per optimizer step: ``grad_accum_steps`` micro-batches, each of ONE task drawn b
 (identical on every rank), each rank taking its slice of that task's global batch; per-task losses
 are combined by the loss weighting, gradients averaged across ranks, clipped, then AdamW steps.
 
+A micro-batch's global batch is ``data_parallel_size`` slices of ``batch_size`` examples (the world size,
+or ``ray.num_workers``' max when elastic). Rank r of a world of w computes a contiguous block of those
+slices, one forward/backward each, so the step's gradient is the mean over the same slices whatever w
+is: one worker with two slices computes what two workers with one slice each compute (see
+:func:`slices_of_rank`). Dropout is seeded per (seed, step, micro-batch, slice) for the same reason
+(:meth:`MultiTaskTrainer._seed_slice`; a fixed-size run without accumulation keeps the old per-rank seeds).
+
 With ``train.mixed_batches`` a micro-batch holds examples of several tasks instead, each task's mean
-loss weighted and summed (``training/mixed_batches.py``). Either way each task loss is first multiplied
-by its ``train.loss_scaling`` scale s_t (``training/loss_scaling.py``; 1 by default).
+loss weighted and summed (``training/mixed_batches.py``; sliced the same way). Either way each task loss
+is first multiplied by its ``train.loss_scaling`` scale s_t (``training/loss_scaling.py``; 1 by default).
 
 Clipping acts on the *unweighted* gradient: the model's gradient norm is clipped to
 ``max_grad_norm × w̄``, w̄ the mean loss weight (w_t · s_t) of the step's micro-batches; a mixed
@@ -53,6 +60,12 @@ if TYPE_CHECKING:
 STATE_VERSION = 1
 
 
+def slices_of_rank(rank: int, world_size: int, data_parallel_size: int) -> range:
+    """The slices of a global micro-batch that ``rank`` computes: a contiguous block, sizes differing by at
+    most one (``data_parallel_size`` 2 on one worker: slices 0 and 1; on two workers: 0 | 1)."""
+    return range(rank * data_parallel_size // world_size, (rank + 1) * data_parallel_size // world_size)
+
+
 class RowStream(Protocol):
     """Training rows of one task from outside the in-memory splits, with resumable state."""
 
@@ -86,10 +99,13 @@ class MultiTaskTrainer:
         train_streams: Mapping[str, RowStream] | None = None,
         distill: Distiller | None = None,
         loss_scales: Mapping[str, float] | None = None,
+        data_parallel_size: int | None = None,
     ) -> None:
-        """``loss_scales``: task -> factor on its loss (``train.loss_scaling``; None: 1 for every task).
-        ``train_streams``: tasks whose training rows come from a stream (e.g. a Ray Data shard)
-        instead of ``data[task].splits["train"]``; their ``data`` entry holds only eval splits.
+        """``data_parallel_size``: slices of ``batch_size`` in a micro-batch's global batch (None: the world
+        size); an elastic run passes its max workers so the global batch never changes.
+        ``loss_scales``: task -> factor on its loss (``train.loss_scaling``; None: 1 for every task).
+        ``train_streams``: tasks whose training rows come from a stream (e.g. a Ray Data shard) instead of
+        ``data[task].splits["train"]``; their ``data`` entry holds only eval splits.
         ``frozen`` (``train.freeze_shared``): the frozen trunk that computes (or reads cached) trunk
         outputs, so a step runs only the task's own layers and head. ``distill`` (``train.distill_from``):
         the loss of the tasks it has teacher outputs for (``training/distill.py``). ``early_stopping``
@@ -97,6 +113,12 @@ class MultiTaskTrainer:
         self.tcfg = tcfg
         self.device = torch.device(device) if device is not None else resolve_device(tcfg.device)
         self.rank, self.world_size = dist_utils.rank_and_world()
+        self.data_parallel_size = data_parallel_size or self.world_size
+        if self.data_parallel_size < self.world_size:
+            raise ValueError(f"data_parallel_size {self.data_parallel_size} is below the world size {self.world_size}")
+        if train_streams and self.data_parallel_size != self.world_size:
+            raise ValueError("streamed tasks shard rows per worker: data_parallel_size must equal the world size")
+        self.slices = slices_of_rank(self.rank, self.world_size, self.data_parallel_size)
         self.model = model.to(self.device)
         self.data = data
         self.pad_token_id = pad_token_id
@@ -121,7 +143,16 @@ class MultiTaskTrainer:
         self.loss_scales = {t: float((loss_scales or {}).get(t, 1.0)) for t in self.train_tasks}
         # train.mixed_batches: several tasks per micro-batch, allocated by the sampler (training/mixed_batches.py)
         self.mixed = (
-            MixedBatches(sampler, self.streams, tcfg.batch_size, self.rank, self.world_size, self.device)
+            MixedBatches(
+                sampler,
+                self.streams,
+                tcfg.batch_size,
+                self.rank,
+                self.world_size,
+                self.device,
+                slices=self.slices,
+                data_parallel_size=self.data_parallel_size,
+            )
             if tcfg.mixed_batches
             else None
         )
@@ -139,59 +170,77 @@ class MultiTaskTrainer:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _next_examples(self, task: str) -> tuple[list[dict[str, Any]], list[int] | None]:
-        """This rank's ``batch_size`` tokenized training examples of ``task`` and their indices in its
-        train split (None for a streamed task)."""
+    def _next_slices(self, task: str) -> list[tuple[int, list[dict[str, Any]], list[int] | None]]:
+        """This rank's slices of the next global micro-batch of ``task``: (slice number, ``batch_size``
+        tokenized examples, their indices in the train split (None for a streamed task))."""
+        b = self.tcfg.batch_size
         if task in self.external:
-            return self.external[task].next_rows(self.tcfg.batch_size), None
-        idx = self.streams[task].next_batch(self.tcfg.batch_size)
-        return rows(self.data[task].splits["train"], idx), idx
+            return [(self.rank, self.external[task].next_rows(b), None)]
+        global_idx = self.streams[task].next_global(b * self.data_parallel_size)
+        out = []
+        for v in self.slices:
+            idx = global_idx[v * b : (v + 1) * b]
+            out.append((v, rows(self.data[task].splits["train"], idx), idx))
+        return out
 
     def _train_batch(self, task: str, indices: list[int]) -> dict[str, torch.Tensor]:
         """The collated, on-device batch of ``task``'s train rows ``indices`` (mixed micro-batches)."""
         return self._to_device(collate(rows(self.data[task].splits["train"], indices), self.pad_token_id))
 
-    def _seed_step(self) -> None:
-        # Dropout randomness is a pure function of (seed, step, rank): resuming needs no RNG state.
-        key = zlib.crc32(f"{self.tcfg.seed}:{self.step}:{self.rank}".encode())
-        torch.manual_seed(key)
+    def _seed_slice(self, micro: int, slice_: int) -> None:
+        """Seed torch (dropout, mlm masks) right before a slice's forward: a pure function of (seed, step,
+        micro-batch, slice), so resuming needs no RNG state and a slice draws the same masks whichever rank
+        of whichever world size computes it. Micro-batch 0 keeps the key ``seed:step:slice``, which in a
+        fixed-size run (slice = rank) is the per-step, per-rank key of runs before elastic training: with
+        ``grad_accum_steps`` 1 those runs are reproduced bit for bit (nothing draws from torch's RNG
+        between the step's start and the first forward)."""
+        seed, step = self.tcfg.seed, self.step
+        key = f"{seed}:{step}:{slice_}" if micro == 0 else f"{seed}:{step}:{micro}:{slice_}"
+        torch.manual_seed(zlib.crc32(key.encode()))
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns rank-averaged per-task losses, weights and the learning rate."""
         self.model.train()
         self.weighting.train()
-        self._seed_step()
         self.optimizer.zero_grad(set_to_none=True)
         accum = self.tcfg.grad_accum_steps
-        losses: dict[str, list[float]] = defaultdict(list)
+        # each slice's loss / (accum × slices per world-size share): after the mean over ranks the
+        # gradient is the mean over all accum × data_parallel_size slices (1 / accum at a fixed size)
+        divisor = accum * self.data_parallel_size / self.world_size
+        loss_sums: dict[str, float] = defaultdict(float)
+        loss_counts: dict[str, float] = defaultdict(float)
         texts = 0
         weights = self.weighting.weights()
         step_weights: list[float] = []
-        for _ in range(accum):
+        for micro in range(accum):
             if self.mixed is not None:  # several tasks in this micro-batch
-                micro = self.mixed.micro_batch(
+                mixed = self.mixed.micro_batch(
                     self.step,
                     weighting=self.weighting,
                     scales=self.loss_scales,
-                    accum=accum,
+                    accum=divisor,
                     batch_of=self._train_batch,
                     loss_of=self._task_loss,
+                    seed_slice=lambda v, micro=micro: self._seed_slice(micro, v),
                 )
-                step_weights.append(micro.clip_weight)
-                for t, value in micro.losses.items():
-                    losses[t].append(value)
-                texts += micro.texts
+                step_weights.append(mixed.clip_weight)
+                for t, value in mixed.losses.items():  # summed over this rank's slices
+                    loss_sums[t] += value
+                    loss_counts[t] += mixed.slices
+                texts += mixed.texts
                 continue
             task = self.sampler.sample(self.step)
-            scale = self.loss_scales[task]
-            step_weights.append(weights[task] * scale)
-            examples, idx = self._next_examples(task)
-            batch = self._to_device(collate(examples, self.pad_token_id))
-            task_loss = self._task_loss(task, batch, idx)
-            total = self.weighting.combine({task: task_loss.float() * scale}) / accum
-            total.backward()
-            losses[task].append(float(task_loss.detach()))
-            texts += len(examples)
+            loss_scale = self.loss_scales[task]
+            step_weights.append(weights[task] * loss_scale)
+            for slice_, examples, idx in self._next_slices(task):
+                self._seed_slice(micro, slice_)
+                batch = self._to_device(collate(examples, self.pad_token_id))
+                task_loss = self._task_loss(task, batch, idx)  # idx: distillation's teacher rows
+                total = self.weighting.combine({task: task_loss.float() * loss_scale}) / divisor
+                total.backward()
+                loss_sums[task] += float(task_loss.detach())
+                loss_counts[task] += 1
+                texts += len(examples)
         model_params = [p for p in self.model.parameters() if p.requires_grad]
         weighting_params = list(self.weighting.parameters())
         if self.mixed is not None:  # a rank may hold no example of a task another rank trained
@@ -204,8 +253,10 @@ class MultiTaskTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        # Every rank drew the same tasks, so the keys agree and the mean is over all ranks' shards.
-        step_losses = dist_utils.mean_across_ranks({t: float(np.mean(v)) for t, v in losses.items()}, self.device)
+        # Every rank drew the same tasks, so the keys agree; the mean is over every slice of every rank.
+        local = {**{f"sum/{t}": v for t, v in loss_sums.items()}, **{f"n/{t}": n for t, n in loss_counts.items()}}
+        totals = dist_utils.sum_dict_across_ranks(local, self.device)
+        step_losses = {t: totals[f"sum/{t}"] / totals[f"n/{t}"] for t in sorted(loss_sums)}
         self.weighting.update(self.step, step_losses)
         self.examples_seen += int(dist_utils.sum_across_ranks(texts, self.device))
         out = {"step": float(self.step), "lr": lr}
@@ -254,7 +305,8 @@ class MultiTaskTrainer:
             "version": STATE_VERSION,
             "step": self.step,
             "examples_seen": self.examples_seen,
-            "world_size": self.world_size,
+            "world_size": self.world_size,  # informational: a resume at another world size is exact
+            "data_parallel_size": self.data_parallel_size,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),

@@ -127,7 +127,7 @@ def test_masks_are_a_function_of_the_step_seed():
     kw = {"mask_token_id": MASK, "special_token_ids": SPECIAL, "vocab_size": V, "probability": 0.3}
     runs = []
     for seed in (11, 11, 12):
-        torch.manual_seed(seed)  # what MultiTaskTrainer._seed_step does at every step
+        torch.manual_seed(seed)  # what MultiTaskTrainer._seed_slice does before every forward
         runs.append(mask_tokens(ids, att, generator=step_generator(), **kw))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert not torch.equal(runs[0][1], runs[2][1])
