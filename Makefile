@@ -22,15 +22,15 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed  ## create/update the virtualenv (torch first, then mtl-ray[dev])
 
-test: venv  ## the full suite: unit, then integration (real local Ray) and real-asset tests
-	$(PY) -m pytest -q -m "not integration and not real"
-	$(PY) -m pytest -q -m "integration or real" -p no:cacheprovider --ignore=tests/integration/test_two_nodes.py || [ $$? -eq 5 ]
+test: venv  ## the full suite: unit, then multi-process, integration (real local Ray) and real-asset tests
+	$(PY) -m pytest -q -m "not integration and not real and not distributed"
+	$(PY) -m pytest -q -m "integration or real or distributed" -p no:cacheprovider --ignore=tests/integration/test_two_nodes.py || [ $$? -eq 5 ]
 	# the two-node tests start a two-raylet cluster of their own: in their own process (after the rest of
 	# the suite in one process, Ray Train's controller was cancelled before it started; alone they pass)
 	$(PY) -m pytest -q -m integration -p no:cacheprovider tests/integration/test_two_nodes.py
 
-test-unit: venv  ## fast unit tests only (tiny in-process model; no Ray cluster is started)
-	$(PY) -m pytest -q -m "not integration and not real"
+test-unit: venv  ## fast unit tests only (tiny in-process model; one process, no Ray cluster is started)
+	$(PY) -m pytest -q -m "not integration and not real and not distributed"
 
 test-integration: venv  ## tests that start a real local Ray
 	$(PY) -m pytest -q -m integration

@@ -324,6 +324,7 @@ def _distributed_worker(rank: int, cfg: dict, rendezvous: str, out: str) -> None
         dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_under_data_parallelism_rank_0_computes_and_the_other_rank_reads(
     teachers, tiny_encoder_dir, tiny_task_files, tmp_path
 ):

@@ -113,6 +113,7 @@ def _ranks_disagreeing(rank: int, port: int, out: dict) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_every_rank_stops_at_the_same_evaluation_even_if_its_own_score_differs():
     with mp.Manager() as manager:
         out = manager.dict()

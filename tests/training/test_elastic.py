@@ -96,6 +96,7 @@ def test_each_rank_computes_a_contiguous_block_of_slices(rank, world, size, want
     assert list(slices_of_rank(rank, world, size)) == want
 
 
+@pytest.mark.distributed
 def test_one_worker_with_two_slices_equals_two_gloo_workers(fixed_run):
     d, (want, want_params, want_seen) = fixed_run
     history, params, seen = train_until(d, STEPS, None, None)  # world size 1
@@ -104,6 +105,7 @@ def test_one_worker_with_two_slices_equals_two_gloo_workers(fixed_run):
     assert seen == want_seen == STEPS * 2 * 4 * MAX_WORKERS  # accum × batch_size × slices per step
 
 
+@pytest.mark.distributed
 def test_dropout_masks_follow_the_slice_not_the_rank(fixed_run):
     """The negative control: one slice of twice the batch (the world-size-1 layout of a fixed run) sees
     the same examples but other dropout masks, so its curve differs from the two-slice one."""
@@ -116,6 +118,7 @@ def test_dropout_masks_follow_the_slice_not_the_rank(fixed_run):
     assert any(abs(first[k] - want[0][k]) > 1e-4 for k in first if k.startswith("loss/"))
 
 
+@pytest.mark.distributed
 def test_shrink_to_one_worker_and_grow_back_equals_the_fixed_run(fixed_run, tmp_path):
     d, (want, want_params, want_seen) = fixed_run
     ck2, ck4 = tmp_path / "step-2", tmp_path / "step-4"
@@ -203,6 +206,7 @@ def mixed_fixed_run(tiny_encoder_dir, tiny_task_files, tmp_path_factory):
     return d, on_two_gloo_workers(d, tmp / "gloo", 4)
 
 
+@pytest.mark.distributed
 def test_mixed_batches_one_worker_with_two_slices_equals_two_gloo_workers(mixed_fixed_run):
     d, (want, want_params, want_seen) = mixed_fixed_run
     history, params, seen = train_until(d, 4, None, None)  # world size 1, data_parallel_size 2

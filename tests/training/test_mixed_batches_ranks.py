@@ -52,6 +52,7 @@ def nodrop_encoder(tmp_path_factory):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.distributed
 def test_two_gloo_ranks_equal_one_process_with_the_doubled_batch(nodrop_encoder, tiny_task_files, tmp_path):
     d = tiny_config_dict(nodrop_encoder, tiny_task_files, tmp_path / "run", max_steps=STEPS, batch_size=PER_RANK)
     d["model"]["head_dropout"] = 0.0
