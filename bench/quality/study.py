@@ -130,16 +130,27 @@ def resolve(config: dict[str, Any], study_runs: Path) -> dict[str, Any]:
             if isinstance(value, str) and value.startswith(BEST_OF):
                 dep = study_runs / value[len(BEST_OF) :]
                 result = dep / RESULT
-                if not result.is_file():
+                if not _finished(dep, keeps_checkpoints=True):
                     raise DependencyMissing(value[len(BEST_OF) :])
                 section[key] = str(dep / json.loads(result.read_text(encoding="utf-8"))["best_checkpoint"])
     distill = out.get("train", {}).get("distill_from")
     if isinstance(distill, str):
         teachers = Path(distill)
         tasks = supervised_tasks(out)
-        if not all((teachers / task / RESULT).is_file() for task in tasks):
+        if not all(_finished(teachers / task, keeps_checkpoints=True) for task in tasks):
             raise DependencyMissing(str(teachers.relative_to(study_runs)))
     return out
+
+
+def _finished(run_dir: Path, *, keeps_checkpoints: bool) -> bool:
+    return (run_dir / RESULT).is_file() and (not keeps_checkpoints or (run_dir / "checkpoints").is_dir())
+
+
+def finished(run: Run) -> bool:
+    """A run is done when its ``result.json`` exists and, for an arm that other arms read (teachers,
+    stage 1), its checkpoints too: a study folder copied without checkpoints (e.g. the committed
+    results) retrains those runs — seeded and single-threaded, they come out the same."""
+    return _finished(Path(run.config["train"]["output_dir"]), keeps_checkpoints=run.arm.keep_checkpoints)
 
 
 class DependencyMissing(Exception):
@@ -270,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    todo = [r for r in runs if not (Path(r.config["train"]["output_dir"]) / RESULT).is_file()]
+    todo = [r for r in runs if not finished(r)]
     meta = {
         "command": "python " + " ".join(["bench/quality/study.py", *(argv if argv is not None else sys.argv[1:])]),
         "seeds": seeds,
@@ -305,7 +316,7 @@ def _train_all(todo: list[Run], args: argparse.Namespace) -> None:
     for run in todo:
         bar.set_postfix_str(run.run_id)
         out = Path(run.config["train"]["output_dir"])
-        if (out / RESULT).is_file() or not claim(out):
+        if finished(run) or not claim(out):
             bar.write(f"{run.run_id}: finished or running in another study process, skipped")
             bar.update(run.steps)
             continue

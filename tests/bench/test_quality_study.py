@@ -225,6 +225,9 @@ def test_stage2_config_resolves_to_the_stage1_best_checkpoint(tmp_path):
         study.resolve(cfg, runs)
     (runs / "hard_es" / "seed0").mkdir(parents=True)
     (runs / "hard_es" / "seed0" / "result.json").write_text(json.dumps({"best_checkpoint": "checkpoints/step_40"}))
+    with pytest.raises(study.DependencyMissing, match="hard_es/seed0"):
+        study.resolve(cfg, runs)  # its checkpoints were not kept (e.g. results copied without them)
+    (runs / "hard_es" / "seed0" / "checkpoints").mkdir()
     resolved = study.resolve(cfg, runs)
     assert resolved["model"]["init_from"] == str(runs / "hard_es" / "seed0" / "checkpoints" / "step_40")
     assert cfg["model"]["init_from"] == "@best:hard_es/seed0"  # the run's own config is not changed
@@ -234,8 +237,25 @@ def test_stage2_config_resolves_to_the_stage1_best_checkpoint(tmp_path):
     }
     (runs / "single_task" / "seed0" / "a").mkdir(parents=True)
     (runs / "single_task" / "seed0" / "a" / "result.json").write_text("{}")
+    (runs / "single_task" / "seed0" / "a" / "checkpoints").mkdir()
     with pytest.raises(study.DependencyMissing, match="single_task/seed0"):
         study.resolve(kd, runs)  # task b's teacher has not finished
     (runs / "single_task" / "seed0" / "b").mkdir(parents=True)
     (runs / "single_task" / "seed0" / "b" / "result.json").write_text("{}")
+    (runs / "single_task" / "seed0" / "b" / "checkpoints").mkdir()
     assert study.resolve(kd, runs)["train"]["distill_from"] == str(runs / "single_task" / "seed0")
+
+
+def test_a_teacher_run_without_its_checkpoints_is_not_finished(tmp_path):
+    import study
+
+    arms = {a.name: a for a in study_arms(6)}
+    (teacher,) = [r for r in build_runs(_base(), [arms["single_task"]], [0], 100, str(tmp_path)) if r.task == "a"]
+    (hard,) = build_runs(_base(), [arms["hard_sharing"]], [0], 100, str(tmp_path))
+    for run in (teacher, hard):
+        Path(run.config["train"]["output_dir"]).mkdir(parents=True)
+        (Path(run.config["train"]["output_dir"]) / "result.json").write_text("{}")
+    assert study.finished(hard) is True  # nobody reads hard_sharing's checkpoints
+    assert study.finished(teacher) is False  # distillation reads them: retrained
+    (Path(teacher.config["train"]["output_dir"]) / "checkpoints").mkdir()
+    assert study.finished(teacher) is True
