@@ -2,7 +2,7 @@
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         "$PWD"/.venv/bin/python jobs/tune.py --config configs/tune_smoke.yaml \
-        train.output_dir=/abs/runs/tune-smoke tune.storage_path=/abs/tune-results
+        train.output_dir=/abs/runs/tune-smoke --storage-path /abs/tune-results   # or s3://bucket/tune
 
     ray job submit ... -- "$PWD"/.venv/bin/python jobs/tune.py --resume /abs/tune-results/tune_smoke
 
@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", "-c", default=None, help="YAML config with a tune: section")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. tune.num_samples=4")
     p.add_argument("--resume", default=None, help="experiment directory of an interrupted search")
+    p.add_argument("--storage-path", default=None, help="the experiment's storage: absolute path or URI (s3://, gs://)")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, set by Ray Jobs)")
     return p.parse_args(argv)
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is None and args.config is None:
             raise MtlRayError("give --config or --resume")
         cfg = load_config(args.config, args.overrides) if args.resume is None else None
-        summary = run_tune(cfg, address=args.address, resume=args.resume)
+        summary = run_tune(cfg, address=args.address, resume=args.resume, storage_path=args.storage_path)
     except MtlRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

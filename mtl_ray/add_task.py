@@ -10,6 +10,12 @@ tasks with ``model.init_from=BASE`` and ``train.freeze_shared=true`` (``mtl_ray/
 Its best checkpoint is exported to ``OUT/best`` (atomically: until the export finishes, ``OUT/best``
 does not exist) after checking that its shared-weight fingerprint equals the base's, the check the
 Serve head replicas make before they accept a head.
+
+With Ray the training outputs are an ordinary run folder, ``<storage>/<run name>/`` (``--storage-path``,
+else ``ray.storage_path``, else ``OUT/ray``; see ``mtl_ray/ray/storage.py``), whose ``summary.json``
+gains ``added_tasks`` and ``head_checkpoint``. A storage outside OUT (a shared folder or a URI) also
+gets a copy of the head, ``<run folder>/best``, so the run and its result outlive the node; ``OUT/best``
+is written either way.
 """
 
 from __future__ import annotations
@@ -141,6 +147,7 @@ def add_task(
     if use_ray:
         from mtl_ray.ray.train import run_ray_training
 
+        # an unwritable or unreachable storage fails there, naming it, before Ray starts
         summary = run_ray_training(cfg, address=address, storage_path=storage_path)
     else:
         from mtl_ray.training.run import train
@@ -151,4 +158,25 @@ def add_task(
     summary["added_tasks"] = sorted(cfg.tasks)
     keys = CheckpointKeys.from_config(cfg.checkpoint)
     summary["head_checkpoint"] = str(export_head(summary["best_checkpoint"], cfg.model.init_from, export, keys))
+    if use_ray:
+        _record_in_run_folder(summary, cfg, storage_path, export)
     return summary
+
+
+def _record_in_run_folder(summary: dict[str, Any], cfg: Config, storage_path: str | None, export: Path) -> None:
+    """The head and the add-task summary in the Ray run's folder: ``<run folder>/best`` (a copy of
+    ``OUT/best``) when the storage is outside OUT, and ``summary.json`` with the added tasks and the head."""
+    import json
+
+    from mtl_ray.ray.storage import RunFolder
+    from mtl_ray.training.driver import storage_location
+
+    storage = storage_location(cfg, storage_path)
+    run = RunFolder.create(storage, summary["output_dir"].rstrip("/").rsplit("/", 1)[-1])
+    local = Path(run.local)
+    if run.remote or not local.resolve().is_relative_to(Path(cfg.train.output_dir).resolve()):
+        shutil.rmtree(local / EXPORT_NAME, ignore_errors=True)
+        shutil.copytree(export, local / EXPORT_NAME)
+        summary["run_head_checkpoint"] = f"{run.location}/{EXPORT_NAME}"
+    (local / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    run.push()

@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--replace", action="store_true", help="train a new head for a task the base already has")
     at.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
     at.add_argument("--address", default=None, help="Ray cluster to join (default: ray.address, $RAY_ADDRESS)")
+    at.add_argument(
+        "--storage-path",
+        default=None,
+        help="where the run folder goes (path or URI; default: ray.storage_path, else OUT/ray); OUT/best stays",
+    )
     at.add_argument("--no-progress", action="store_true", help="no progress bar (--no-ray)")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a split of its tasks' data")
@@ -135,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="Ray cluster to join (default: ray.address, $RAY_ADDRESS, else a local Ray)"
     )
     tn.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the embedded local Ray (default: all)")
+    tn.add_argument(
+        "--storage-path",
+        default=None,
+        help="the experiment's storage (path or URI; default: tune.storage_path, ray.storage_path, train.output_dir)",
+    )
     tn.add_argument("--top", type=int, default=5, help="rows of the final table (default 5)")
 
     demo = sub.add_parser("demo", help="end to end: prepare data, train on Ray, evaluate, serve, answer samples")
@@ -181,6 +191,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_add_task(args: argparse.Namespace) -> int:
     from mtl_ray.add_task import add_task
 
+    if args.no_ray and args.storage_path:
+        raise MtlRayError("--storage-path needs Ray; drop --no-ray")
     summary = add_task(
         args.checkpoint,
         args.config,
@@ -189,8 +201,11 @@ def cmd_add_task(args: argparse.Namespace) -> int:
         replace=args.replace,
         use_ray=not args.no_ray,
         address=args.address,
+        storage_path=args.storage_path,
         progress=not args.no_progress,
     )
+    if summary.get("run_head_checkpoint"):
+        print(f"\nrun folder:      {summary['output_dir']} (with a copy of the head: best/)")
     print(f"\nhead checkpoint: {summary['head_checkpoint']}")
     print(f"serve it with:   mtl-ray serve build --checkpoint {args.checkpoint} ", end="")
     print(
@@ -380,10 +395,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     if args.resume is None and args.config is None:
         raise MtlRayError("tune: give --config (a new search) or --resume DIR (continue one)")
-    if args.resume is not None and (args.config or args.overrides):
-        raise MtlRayError("tune --resume: the experiment's own config is used; drop --config and overrides")
+    if args.resume is not None and (args.config or args.overrides or args.storage_path):
+        raise MtlRayError(
+            "tune --resume: the experiment's own config and storage are used; drop --config, overrides and --storage-path"
+        )
     cfg = load_config(args.config, args.overrides) if args.resume is None else None
-    summary = run_tune(cfg, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+    summary = run_tune(
+        cfg, address=args.address, resume=args.resume, num_cpus=args.num_cpus, storage_path=args.storage_path
+    )
     print(format_summary(summary, top=args.top))
     return 0
 

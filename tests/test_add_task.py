@@ -286,3 +286,53 @@ def test_the_job_entrypoint_reports_a_bad_base_in_one_line(tmp_path, capsys):
     cfg = task_yaml(tmp_path / "t.yaml", {"t": {"source": "x.csv"}})
     assert job.main(["--checkpoint", str(tmp_path / "nope"), "-c", str(cfg), "-o", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no checkpoint directory there"
+
+
+def test_a_bad_storage_path_is_refused_before_training(base, tmp_path, monkeypatch, capsys):
+    import mtl_ray.ray.session
+    from mtl_ray.errors import StorageError
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before the storage check")
+
+    monkeypatch.setattr(mtl_ray.ray.session, "ray_session", no_ray)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cfg = task_yaml(tmp_path / "tone.yaml", tone_task(base))
+    with pytest.raises(StorageError, match=rf"storage_path '{blocker}/store' is not writable \(Not a directory\)"):
+        add_task(base["ckpt"], cfg, tmp_path / "run", storage_path=str(blocker / "store"))
+    args = ["add-task", "--checkpoint", str(base["ckpt"]), "-c", str(cfg), "-o", str(tmp_path / "run")]
+    assert main([*args, "--no-ray", "--storage-path", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --storage-path needs Ray; drop --no-ray"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["uri", "inside-out"])
+def test_the_run_folder_gets_the_head_and_the_summary(tiny_encoder_dir, tmp_path, monkeypatch, where):
+    """After a Ray run: a storage outside OUT gets ``<run folder>/best`` (a copy of OUT/best) and the
+    add-task summary; the default storage (OUT/ray) only the summary, since OUT/best is next to it."""
+    import json
+    import tempfile
+
+    from mtl_ray.add_task import _record_in_run_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node-tmp"))
+    out = tmp_path / "run"
+    cfg = config_from_dict(tiny_config_dict(tiny_encoder_dir, write_tiny_tasks(tmp_path / "data"), out))
+    export = out / "best"
+    export.mkdir(parents=True)
+    (export / "model.safetensors").write_bytes(b"weights")
+    storage = f"file://{tmp_path / 'bucket'}" if where == "uri" else None
+    location = f"{storage}/run-1" if storage else str(out / "ray" / "run-1")
+    staged = tmp_path / "node-tmp" / "mtl-ray-runs" / "run-1" if storage else out / "ray" / "run-1"
+    staged.mkdir(parents=True)
+    summary = {"output_dir": location, "head_checkpoint": str(export), "added_tasks": ["tone"]}
+    _record_in_run_folder(summary, cfg, storage, export)
+    folder = tmp_path / "bucket" / "run-1" if storage else out / "ray" / "run-1"
+    written = json.loads((folder / "summary.json").read_text())
+    assert written["head_checkpoint"] == str(export) and written["added_tasks"] == ["tone"]
+    if storage:
+        assert (folder / "best" / "model.safetensors").read_bytes() == b"weights"
+        assert written["run_head_checkpoint"] == f"{storage}/run-1/best"
+    else:
+        assert not (folder / "best").exists() and "run_head_checkpoint" not in written

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,48 @@ def test_unknown_uri_scheme_fails_naming_it():
         match=r"storage_path 'nosuch://bucket/runs' is not reachable: pyarrow's filesystems cannot open it \(Unrecognized filesystem type",
     ):
         check_writable("nosuch://bucket/runs")
+
+
+def test_a_child_folder_lives_inside_its_parent(tmp_path):
+    """A Tune trial's folder: ``<experiment>/trials/<id>``; for a URI staged on the trial's own node,
+    under a name that two experiments of the same name in different storages do not share."""
+    local = RunFolder.create(str(tmp_path / "store"), "exp").child("trials", "default")
+    assert local.location == local.local == str(tmp_path / "store" / "exp" / "trials" / "default")
+    a = RunFolder(f"file://{tmp_path}/a/exp", str(tmp_path / "driver" / "exp")).child("trials", "default")
+    b = RunFolder(f"file://{tmp_path}/b/exp", str(tmp_path / "driver" / "exp")).child("trials", "default")
+    assert a.location == f"file://{tmp_path}/a/exp/trials/default"
+    staging = tmp_path / "node-tmp" / "mtl-ray-runs"
+    assert Path(a.local).parent.parent.parent == staging and Path(a.local).parts[-2:] == ("trials", "default")
+    assert Path(a.local).parts[-3].startswith("exp-") and a.local != b.local
+
+
+def test_push_can_leave_a_subfolder_to_its_own_writer(tmp_path):
+    store = tmp_path / "bucket"
+    run = RunFolder(f"file://{store}/exp", str(tmp_path / "driver" / "exp"))
+    (Path(run.local) / "trials" / "default").mkdir(parents=True)
+    (Path(run.local) / "trials" / "default" / "metrics.jsonl").write_text("stale\n")
+    (Path(run.local) / "summary.json").write_text("{}")
+    run.push(skip=("trials",))
+    assert [p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file()] == ["exp/summary.json"]
+
+
+def test_tune_refuses_an_unwritable_storage_before_ray_starts(tiny_encoder_dir, tiny_task_files, tmp_path, monkeypatch):
+    from helpers import tiny_config_dict
+
+    import mtl_ray.ray.session
+    from mtl_ray.config import config_from_dict
+    from mtl_ray.ray.tune import run_tune
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before the storage check")
+
+    monkeypatch.setattr(mtl_ray.ray.session, "ray_session", no_ray)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    d = tiny_config_dict(tiny_encoder_dir, tiny_task_files, tmp_path / "out")
+    d["tune"] = {"name": "exp", "search_space": {"train.lr": {"choice": [1e-3]}}}
+    with pytest.raises(StorageError, match=rf"storage_path '{blocker}/store' is not writable \(Not a directory\)"):
+        run_tune(config_from_dict(d), storage_path=str(blocker / "store"))
+    d["ray"] = {"storage_path": f"file://{blocker}/store"}  # ray.storage_path serves tune too
+    with pytest.raises(StorageError, match=rf"storage_path 'file://{blocker}/store' is not reachable or not writable"):
+        run_tune(config_from_dict(d))

@@ -13,6 +13,7 @@ attempt on another node first pulls the run's ``metrics.jsonl`` back (:meth:`Run
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import uuid
@@ -100,8 +101,23 @@ class RunFolder:
     def remote(self) -> bool:
         return self.location != self.local
 
-    def push(self) -> None:
-        """Copy the staged files (not the checkpoints: Ray Train uploads those) to the URI."""
+    def child(self, *parts: str) -> RunFolder:
+        """A folder inside this run (a Tune trial's inside its experiment). Call it where the child
+        writes: for a URI its staging folder is under *this* node's temp dir (a trial may run on
+        another node than the driver), named after the child's location so that two experiments of
+        the same name in different storages never share one."""
+        rel = "/".join(parts)
+        if not self.remote:
+            path = str(Path(self.local, *parts))
+            return RunFolder(path, path)
+        location = f"{self.location.rstrip('/')}/{rel}"
+        parent = self.location.rstrip("/").rsplit("/", 1)[-1]
+        digest = hashlib.sha256(location.encode()).hexdigest()[:8]
+        return RunFolder(location, str(Path(tempfile.gettempdir(), STAGING_ROOT, f"{parent}-{digest}", *parts)))
+
+    def push(self, skip: tuple[str, ...] = ()) -> None:
+        """Copy the staged files (not the checkpoints: Ray Train / Tune upload those) to the URI;
+        ``skip``: top-level names left alone too (an experiment's ``trials``, pushed by each trial)."""
         if not self.remote:
             return
         import pyarrow.fs
@@ -110,7 +126,7 @@ class RunFolder:
         local = Path(self.local)
         for path in sorted(local.rglob("*")):
             rel = path.relative_to(local)
-            if not path.is_file() or rel.parts[0].startswith(_NOT_PUSHED):
+            if not path.is_file() or rel.parts[0].startswith(_NOT_PUSHED) or rel.parts[0] in skip:
                 continue
             target = f"{root.rstrip('/')}/{rel.as_posix()}"
             fs.create_dir(os.path.dirname(target), recursive=True)

@@ -21,19 +21,25 @@ get the full budget (``TUNE_DISABLE_STRICT_METRIC_CHECKING`` lets them omit the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from mtl_ray.config import Config, config_from_dict, config_to_dict
+from mtl_ray.config import Config, config_from_dict, config_to_dict, dump_config
 from mtl_ray.errors import MtlRayError
 from mtl_ray.ray.searcher import optuna_search, quiet_optuna
+from mtl_ray.ray.storage import STAGING_ROOT, RunFolder, check_writable, is_uri
 from mtl_ray.tuning.experiment import (
+    SETUP_FILE,
     check_depths,
+    experiment_location,
     experiment_paths,
     num_encoder_layers,
     plan,
@@ -54,27 +60,58 @@ TUNE_ENV_DEFAULTS = {
 # =========================================================================== trial side
 
 
-def tune_trial(params: dict[str, Any], base: dict[str, Any], trials_dir: str) -> None:
+def tune_trial(params: dict[str, Any], base: dict[str, Any], experiment: dict[str, str]) -> None:
     """One trial (runs in a Tune actor). ``params["trial"]``: a :class:`TrialSpec` dict; ``base``: the
     experiment's base config dict with absolute paths (its ``tune`` section says how wide to run);
-    ``trials_dir``: where each trial's ``train.output_dir`` goes (``<trials_dir>/<trial_id>``)."""
+    ``experiment``: the experiment's :class:`RunFolder` (as a dict). The trial writes its files
+    (``config.yaml``, ``metrics.jsonl``, ``tensorboard/``, ``training_curves.png``) to
+    ``<experiment>/trials/<trial_id>`` (for a URI: staged on this node, copied at every report)."""
     trial = TrialSpec.from_dict(params["trial"])
     tune_section = base.get("tune") or {}
+    folder = trial_folder(RunFolder.from_dict(experiment), trial.trial_id)
     data = apply_trial(base, trial)
-    data["train"]["output_dir"] = str(Path(trials_dir) / trial.trial_id)
+    data["train"]["output_dir"] = folder.local
     cfg = config_from_dict(data)
     prefix = SINGLE_PREFIX if trial.kind == "single" else ""
     if int(tune_section.get("workers_per_trial", 1)) > 1:
-        _fit_distributed(cfg, trial, tune_section, prefix)
+        _fit_distributed(cfg, trial, tune_section, prefix, folder)
     else:
-        _fit_local(cfg, float(tune_section.get("cpus_per_trial", 1.0)), prefix)
+        _fit_local(cfg, float(tune_section.get("cpus_per_trial", 1.0)), prefix, folder)
+
+
+def trial_folder(experiment: RunFolder, trial_id: str) -> RunFolder:
+    """``<experiment>/trials/<trial_id>``: one trial's own files (its checkpoints are Tune's, in
+    ``<experiment>/<trial_id>/``; a multi-worker trial's Train run is in ``trials/<trial_id>/ray/``)."""
+    return experiment.child("trials", trial_id)
+
+
+def _start_trial_folder(folder: RunFolder, cfg: Config, restored: bool) -> None:
+    """A restored trial continues its own log (fetched from a URI); a fresh one on a URI starts from an
+    empty staging folder. Then the trial's config copy."""
+    if folder.remote:
+        if restored:
+            folder.pull("metrics.jsonl")
+        else:
+            shutil.rmtree(folder.local, ignore_errors=True)
+    Path(folder.local).mkdir(parents=True, exist_ok=True)
+    (Path(folder.local) / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    folder.push()
+
+
+def _save_trial_files(folder: RunFolder, history: list[dict[str, Any]]) -> None:
+    """The trial's curves so far, then its folder to the storage; before each report, since ASHA may
+    stop the trial at any report and a stopped trial runs no code after it."""
+    from mtl_ray.training.plots import plot_history
+
+    plot_history(history, Path(folder.local) / "training_curves.png")
+    folder.push()
 
 
 def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {(prefix + k if k.startswith("val/") else k): v for k, v in metrics.items()}
 
 
-def _fit_local(cfg: Config, cpus: float, prefix: str) -> None:
+def _fit_local(cfg: Config, cpus: float, prefix: str, folder: RunFolder) -> None:
     """The plain loop in this process; a restored trial continues from Tune's checkpoint."""
     from ray import tune
 
@@ -89,21 +126,27 @@ def _fit_local(cfg: Config, cpus: float, prefix: str) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             restore_trainer(trainer, cfg, path)
+    _start_trial_folder(folder, cfg, restored=checkpoint is not None)
+    recorder = open_recorder(Path(cfg.train.output_dir), trainer.step)  # the trial's own metrics.jsonl
 
     def publish(metrics: dict[str, Any], path: Path | None) -> None:
         assert path is not None  # one process: it always writes
+        recorder.flush()
+        _save_trial_files(folder, recorder.history)
         tune.report(_prefixed(metrics, prefix), checkpoint=tune.Checkpoint.from_directory(str(path)))
 
-    recorder = open_recorder(Path(cfg.train.output_dir), trainer.step)  # the trial's own metrics.jsonl
     extra = {"model/sharing_depth": trainer.model.sharing_depth, "model/num_layers": trainer.model.num_layers}
     fit(
         trainer,
         on_eval=EvalCheckpointer(cfg, trainer, setup.tokenizer, recorder=recorder, publish=publish, extra=extra),
     )
     recorder.close()
+    _save_trial_files(folder, recorder.history)
 
 
-def _fit_distributed(cfg: Config, trial: TrialSpec, tune_section: dict[str, Any], prefix: str) -> None:
+def _fit_distributed(
+    cfg: Config, trial: TrialSpec, tune_section: dict[str, Any], prefix: str, folder: RunFolder
+) -> None:
     """A TorchTrainer of ``workers_per_trial`` workers running the Ray Train worker loop; its reports
     reach Tune through the callback, which puts the checkpoint's path in the metrics
     (``checkpoint_path``) instead of handing Tune the checkpoint (the records read it from there).
@@ -123,17 +166,33 @@ def _fit_distributed(cfg: Config, trial: TrialSpec, tune_section: dict[str, Any]
         per_worker["GPU"] = gpus
     # the trial's own run: its saved config says how wide it trained (workers size their torch threads by it)
     cfg.ray.num_workers, cfg.ray.cpus_per_worker, cfg.ray.use_gpu = workers, cpus, gpus > 0
+    _start_trial_folder(folder, cfg, restored=False)  # rank 0 continues metrics.jsonl from its checkpoint
     trainer = build_torch_trainer(
         cfg,
         name=f"{trial.trial_id}-{tune.get_context().get_trial_id()}",
-        storage=str(Path(cfg.train.output_dir) / "ray"),
-        loop_config={"config": config_to_dict(cfg), "resume_from": None, "fault": None, "streamed": {}},
+        storage=f"{folder.location}/ray",  # the trial's Train run, in the experiment folder (or its URI)
+        # rank 0 writes the trial's metrics.jsonl / TensorBoard into the trial folder and pushes it
+        loop_config={
+            "config": config_to_dict(cfg),
+            "resume_from": None,
+            "fault": None,
+            "streamed": {},
+            "run": folder.to_dict(),
+        },
         num_to_keep=1,
         rank_by_score=False,  # keep the latest: a restored trial continues from where it stood
         resources_per_worker=per_worker,
         callbacks=[_PrefixedTuneReportCallback(prefix)],
     )
     trainer.fit()
+    folder.pull("metrics.jsonl")  # rank 0 may have run on another node
+    _save_trial_files(folder, _read_history(Path(folder.local) / "metrics.jsonl"))
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 class _PrefixedTuneReportCallback(TuneReportCallback):
@@ -181,7 +240,7 @@ def _scheduler(cfg: Config) -> Any:
     )
 
 
-def _trainable(base: dict[str, Any], tune_section: dict[str, Any], trials_dir: Path) -> Any:
+def _trainable(base: dict[str, Any], tune_section: dict[str, Any], experiment: RunFolder) -> Any:
     from ray import tune
 
     from mtl_ray.tuning.resources import trial_resources
@@ -195,7 +254,8 @@ def _trainable(base: dict[str, Any], tune_section: dict[str, Any], trials_dir: P
     if int(tune_section.get("workers_per_trial", 1)) > 1:
         # the trial function only drives its TorchTrainer, whose workers reserve their own resources
         resources = {"cpu": 1.0, "gpu": 0.0}
-    return tune.with_resources(tune.with_parameters(tune_trial, base=base, trials_dir=str(trials_dir)), resources)
+    trial_fn = tune.with_parameters(tune_trial, base=base, experiment=experiment.to_dict())
+    return tune.with_resources(trial_fn, resources)
 
 
 def run_tune(
@@ -205,9 +265,12 @@ def run_tune(
     resume: str | None = None,
     num_cpus: int | None = None,
     verbose: int = 1,
+    storage_path: str | None = None,
 ) -> dict[str, Any]:
-    """Run ``cfg``'s search (or with ``resume``, an experiment directory: continue that one; ``cfg`` is
-    then ignored). Returns the summary written to ``summary.json``:
+    """Run ``cfg``'s search (or with ``resume``, an experiment directory or its URI: continue that one;
+    ``cfg`` is then ignored). Everything goes to one folder, ``<storage>/<tune.name>`` (``storage_path``,
+    else ``tune.storage_path``, ``ray.storage_path``, ``train.output_dir``), printed at the start and
+    returned as ``summary["output_dir"]``. Returns the summary written to ``summary.json``:
     rows (sorted by aggregate), best trial, best checkpoint, best config YAML, plots."""
     from ray import tune
 
@@ -216,17 +279,20 @@ def run_tune(
     from mtl_ray.tuning.resources import concurrent_trials
 
     if resume is not None:
-        setup = read_setup(Path(resume))
+        setup = _read_resume_setup(resume)
         base, trials = setup["base"], [TrialSpec.from_dict(t) for t in setup["trials"]]
+        base["tune"]["storage_path"] = setup["storage"]  # where it ran (older setups left it to the fallbacks)
         cfg = config_from_dict(base)
         if cfg.tune.search_alg == "optuna":
             require_optuna()  # Tune unpickles the Optuna study with the searcher
     elif cfg is None:
         raise MtlRayError("run_tune: give a config or resume=<experiment dir>")
     else:
-        base, trials = plan(cfg)
+        base, trials = plan(cfg, storage_path)
         cfg = config_from_dict(base)
     storage, out = experiment_paths(cfg)
+    check_writable(storage)  # before Ray starts: a typo'd bucket or read-only mount fails in seconds
+    experiment = RunFolder(experiment_location(cfg), str(out))
     num_layers = num_encoder_layers(cfg) if not cfg.model.encoder.startswith("builtin:") else None
     for key, value in TUNE_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -242,20 +308,23 @@ def run_tune(
         check_task_data(cfg, skip=set())
         out.mkdir(parents=True, exist_ok=True)
         write_setup(out, base, trials, storage, num_layers)
-        trainable = _trainable(base, base["tune"], out / "trials")
-        experiment = f"{storage.rstrip('/')}/{cfg.tune.name}"
+        experiment.push(skip=("trials",))  # each trial pushes its own folder
+        print(f"run folder: {experiment.location}", flush=True)
+        trainable = _trainable(base, base["tune"], experiment)
         adaptive = cfg.tune.search_alg == "optuna"
         searched = f" + {cfg.tune.num_samples} suggested by optuna (TPE)" if adaptive else ""
         print(
             f"tune: {len(trials)} trials ({sum(t.kind == 'single' for t in trials)} single-task baselines){searched}, "
-            f"{concurrency} at a time, scheduler={cfg.tune.scheduler}; experiment: {experiment}",
+            f"{concurrency} at a time, scheduler={cfg.tune.scheduler}",
             flush=True,
         )
         started = time.time()
         if resume is not None:
             if adaptive:
                 quiet_optuna()
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(
+                experiment.location, trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
         else:
             if adaptive:  # fixed trials, then num_samples suggestions (the limiter caps concurrency)
                 search: dict[str, Any] = {
@@ -285,10 +354,21 @@ def run_tune(
         grid = tuner.fit()
         wall = time.time() - started
     records = _records(grid, base, cfg.train.max_steps, num_layers)
-    summary = write_outputs(records, out, experiment)
+    summary = write_outputs(records, out, experiment.location)
     summary["wall_seconds"] = wall
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    experiment.push(skip=("trials",))
     return summary
+
+
+def _read_resume_setup(resume: str) -> dict[str, Any]:
+    """The setup file of the experiment to resume: in a local folder, or fetched from its URI."""
+    if not is_uri(resume):
+        return read_setup(Path(resume))
+    digest = hashlib.sha256(resume.encode()).hexdigest()[:8]
+    staged = RunFolder(resume.rstrip("/"), str(Path(tempfile.gettempdir(), STAGING_ROOT, f"resume-{digest}")))
+    staged.pull(SETUP_FILE)
+    return read_setup(Path(staged.local))
 
 
 def _records(grid: Any, base: dict[str, Any], max_steps: int, num_layers: int) -> list[dict[str, Any]]:

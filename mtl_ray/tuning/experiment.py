@@ -19,15 +19,29 @@ from mtl_ray.tuning.trials import TrialSpec, build_trials
 SETUP_FILE = "mtl_tune_setup.json"  # base config + trial list: what `--resume` rebuilds the trainable from
 
 
+def tune_storage(cfg: Config) -> str:
+    """Where the experiment folder ``<storage>/<tune.name>`` goes: ``tune.storage_path``, else
+    ``ray.storage_path`` (one storage setting for a cluster's train and tune runs), else
+    ``train.output_dir``. A URI as given, a local path made absolute (Ray needs that)."""
+    raw = cfg.tune.storage_path or cfg.ray.storage_path or cfg.train.output_dir
+    return raw if "://" in raw else str(Path(raw).expanduser().resolve())
+
+
 def experiment_paths(cfg: Config) -> tuple[str, Path]:
-    """(Tune storage path, local outputs dir). Storage: ``tune.storage_path`` (absolute path or URI),
-    else ``train.output_dir``; the experiment lives at ``<storage>/<tune.name>``. Outputs (tables, plots,
-    best config) go to that directory when it is local, else to ``<train.output_dir>/<tune.name>``."""
-    raw = cfg.tune.storage_path or cfg.train.output_dir
-    if "://" in raw:
-        return raw, Path(cfg.train.output_dir).expanduser().resolve() / cfg.tune.name
-    storage = Path(raw).expanduser().resolve()
-    return str(storage), storage / cfg.tune.name
+    """(storage, local experiment dir). Everything the experiment writes lives in ``<storage>/<tune.name>``
+    (:func:`experiment_location`): Tune's state and checkpoints, each trial's folder in ``trials/`` and the
+    driver's outputs. For a local storage the local dir *is* that folder; for a URI it is
+    ``<train.output_dir>/<tune.name>``, where the driver writes its outputs before copying them to the URI
+    (so they are also at hand locally, and ``--resume`` takes that folder as before)."""
+    storage = tune_storage(cfg)
+    if "://" in storage:
+        return storage, Path(cfg.train.output_dir).expanduser().resolve() / cfg.tune.name
+    return storage, Path(storage) / cfg.tune.name
+
+
+def experiment_location(cfg: Config) -> str:
+    """``<storage>/<tune.name>``: the experiment's one folder (a local path or a URI), printed by the driver."""
+    return f"{tune_storage(cfg).rstrip('/')}/{cfg.tune.name}"
 
 
 def num_encoder_layers(cfg: Config) -> int:
@@ -45,13 +59,16 @@ def supervised_tasks(cfg: Config) -> list[str]:
     return sorted(t for t, tc in cfg.tasks.items() if get_task_type(tc.type).supervised)
 
 
-def plan(cfg: Config) -> tuple[dict[str, Any], list[TrialSpec]]:
-    """Driver-side checks that need no Ray: the base config dict (absolute paths, outputs under the
-    experiment dir) and the trial list. Raises ConfigError for a bad space before anything starts."""
+def plan(cfg: Config, storage_path: str | None = None) -> tuple[dict[str, Any], list[TrialSpec]]:
+    """Driver-side checks that need no Ray: the base config dict (absolute paths, the storage resolved
+    into ``tune.storage_path``; ``storage_path``, e.g. ``--storage-path``, wins) and the trial list.
+    Raises ConfigError for a bad space before anything starts."""
     from mtl_ray.training.driver import absolute_paths
 
     cfg = absolute_paths(cfg)
     base = config_to_dict(cfg)
+    # the saved base names its storage: `--resume` finds the experiment without the flag
+    base["tune"]["storage_path"] = storage_path or tune_storage(cfg)
     trials = build_trials(base, cfg.tune, supervised_tasks(cfg))
     return base, trials
 
@@ -83,7 +100,8 @@ def read_setup(path: Path) -> dict[str, Any]:
 
 
 def write_outputs(records: list[dict[str, Any]], out: Path, experiment: str) -> dict[str, Any]:
-    """results.csv, results.md, best_config.yaml, plots and the summary dict."""
+    """results.csv, results.md, best_config.yaml, plots (written to ``out``) and the summary dict, whose
+    paths name them in ``experiment``, the folder ``out`` is copied to (the same folder when local)."""
     from mtl_ray.tuning.plots import plot_search
     from mtl_ray.tuning.report import best_row, export_best_config, write_csv
 
@@ -101,17 +119,22 @@ def write_outputs(records: list[dict[str, Any]], out: Path, experiment: str) -> 
         best_yaml = export_best_config({**record, "config": export}, out / "best_config.yaml")
     plots = plot_search(rows, out)
     default = next((r for r in rows if r["kind"] == "default"), None)
+
+    def where(path: Path) -> str:  # the file's place in the experiment folder
+        return f"{experiment.rstrip('/')}/{path.relative_to(out).as_posix()}"
+
     return {
         "experiment": experiment,
-        "output_dir": str(out),
+        "output_dir": experiment,  # everything of the experiment is in this one folder
+        "local_output_dir": str(out),  # where the driver wrote its files (== output_dir unless a URI)
         "rows": rows,
         "best_trial": best["trial"] if best else None,
         "best_aggregate": best["aggregate"] if best else None,
         "best_delta_m_pct": best["delta_m_pct"] if best else None,
         "default_aggregate": default["aggregate"] if default else None,
         "best_checkpoint": best["checkpoint"] if best else None,
-        "best_config": str(best_yaml) if best_yaml else None,
-        "plots": [str(p) for p in plots],
+        "best_config": where(Path(best_yaml)) if best_yaml else None,
+        "plots": [where(Path(p)) for p in plots],
         "num_stopped_early": sum(1 for r in rows if r["stopped_early"]),
         "total_trial_steps": sum(r["steps"] for r in rows),
     }
@@ -136,4 +159,5 @@ def format_summary(summary: dict[str, Any], top: int = 5) -> str:
     lines.append(f"best checkpoint: {summary.get('best_checkpoint')}")
     lines.append(f"best config:     {summary.get('best_config')}")
     lines.append(f"results:         {summary['output_dir']}/results.md (and .csv, plots *.png)")
+    lines.append(f"run folder:      {summary['output_dir']} (trials/<trial>: metrics, TensorBoard, curves)")
     return "\n".join(lines)
