@@ -5,7 +5,8 @@
         --config /abs/my_task.yaml -o /abs/runs/my_task [--replace] [key=value ...]
 
 Paths should be absolute: a job runs in a temporary copy of the working directory. The head
-checkpoint is written to ``OUT/best``. A config, data or checkpoint problem exits with status 2 and
+checkpoint is written to ``OUT/best``; with ``--storage-path`` (a shared folder or a URI) the run folder
+there holds the training outputs, the summary and a copy of the head (``<run folder>/best``). A config, data or checkpoint problem exits with status 2 and
 one ``error:`` line (no traceback).
 """
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except MtlRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if summary.get("run_head_checkpoint"):  # a --storage-path outside OUT: the run folder has a copy
+        print(f"\nrun folder:      {summary['output_dir']} (head: {summary['run_head_checkpoint']})")
     print(f"\nhead checkpoint: {summary['head_checkpoint']}")
     return 0
 

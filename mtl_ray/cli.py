@@ -204,9 +204,10 @@ def cmd_add_task(args: argparse.Namespace) -> int:
         storage_path=args.storage_path,
         progress=not args.no_progress,
     )
-    if summary.get("run_head_checkpoint"):
-        print(f"\nrun folder:      {summary['output_dir']} (with a copy of the head: best/)")
-    print(f"\nhead checkpoint: {summary['head_checkpoint']}")
+    print(f"\nrun folder:      {summary['output_dir']}")  # metrics, TensorBoard, curves, summary, checkpoints
+    if summary.get("run_head_checkpoint"):  # a storage outside OUT: the head is copied into the run folder
+        print(f"head (copy):     {summary['run_head_checkpoint']}")
+    print(f"head checkpoint: {summary['head_checkpoint']}")
     print(f"serve it with:   mtl-ray serve build --checkpoint {args.checkpoint} ", end="")
     print(
         " ".join(f"--set heads.{t}.checkpoint={summary['head_checkpoint']}" for t in summary["added_tasks"])

@@ -119,3 +119,14 @@ def test_tune_refuses_an_unwritable_storage_before_ray_starts(tiny_encoder_dir, 
     d["ray"] = {"storage_path": f"file://{blocker}/store"}  # ray.storage_path serves tune too
     with pytest.raises(StorageError, match=rf"storage_path 'file://{blocker}/store' is not reachable or not writable"):
         run_tune(config_from_dict(d))
+
+
+def test_a_path_in_the_storage_filesystem_becomes_a_location(tmp_path):
+    """Ray's ``Checkpoint.path`` has no scheme (``bucket/...`` for s3); the summary names a URI."""
+    run = RunFolder(f"file://{tmp_path}/bucket/exp", str(tmp_path / "driver" / "exp"))
+    ckpt = f"{tmp_path}/bucket/exp/default/checkpoint_000001"
+    assert run.address(ckpt) == f"file://{tmp_path}/bucket/exp/default/checkpoint_000001"
+    assert run.address(f"file://{ckpt}") == f"file://{ckpt}"  # already a URI
+    assert run.address("/elsewhere/checkpoint_000001") == "/elsewhere/checkpoint_000001"
+    local = RunFolder.create(str(tmp_path), "exp")
+    assert local.address(f"{tmp_path}/exp/default/checkpoint_000001") == f"{tmp_path}/exp/default/checkpoint_000001"

@@ -115,6 +115,16 @@ class RunFolder:
         digest = hashlib.sha256(location.encode()).hexdigest()[:8]
         return RunFolder(location, str(Path(tempfile.gettempdir(), STAGING_ROOT, f"{parent}-{digest}", *parts)))
 
+    def address(self, path: str) -> str:
+        """A path inside this run in the storage's filesystem (what Ray's ``Checkpoint.path`` holds: no
+        scheme, e.g. ``bucket/runs/x/...`` for ``s3://bucket/runs/x``) as a location a user can open."""
+        if not self.remote or "://" in path:
+            return path
+        root = _filesystem(self.location)[1].rstrip("/")
+        if path == root or path.startswith(root + "/"):
+            return self.location.rstrip("/") + path[len(root) :]
+        return path
+
     def push(self, skip: tuple[str, ...] = ()) -> None:
         """Copy the staged files (not the checkpoints: Ray Train / Tune upload those) to the URI;
         ``skip``: top-level names left alone too (an experiment's ``trials``, pushed by each trial)."""

@@ -353,7 +353,7 @@ def run_tune(
             )
         grid = tuner.fit()
         wall = time.time() - started
-    records = _records(grid, base, cfg.train.max_steps, num_layers)
+    records = _records(grid, base, cfg.train.max_steps, num_layers, experiment)
     summary = write_outputs(records, out, experiment.location)
     summary["wall_seconds"] = wall
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
@@ -371,24 +371,26 @@ def _read_resume_setup(resume: str) -> dict[str, Any]:
     return read_setup(Path(staged.local))
 
 
-def _records(grid: Any, base: dict[str, Any], max_steps: int, num_layers: int) -> list[dict[str, Any]]:
-    """Plain per-trial records (see ``mtl_ray.tuning.report``) from Tune's ResultGrid."""
+def _records(
+    grid: Any, base: dict[str, Any], max_steps: int, num_layers: int, experiment: RunFolder
+) -> list[dict[str, Any]]:
+    """Plain per-trial records (see ``mtl_ray.tuning.report``) from Tune's ResultGrid; checkpoint
+    paths as locations in the experiment folder (a URI for a URI storage)."""
     records = []
     for result in grid:
         trial = TrialSpec.from_dict(result.config["trial"])
         config = apply_trial(base, trial)
         metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str, bool))}
         metrics.setdefault("model/num_layers", num_layers)
+        # a multi-worker trial's checkpoint stays in its Train run; its path comes as a metric
+        checkpoint = result.checkpoint.path if result.checkpoint is not None else metrics.get("checkpoint_path")
         records.append(
             {
                 "trial": trial.to_dict(),
                 "search_params": result.config.get("search"),  # optuna: the raw suggestion, else None
                 "config": config,
                 "metrics": metrics,
-                # a multi-worker trial's checkpoint stays in its Train run; its path comes as a metric
-                "checkpoint": result.checkpoint.path
-                if result.checkpoint is not None
-                else metrics.get("checkpoint_path"),
+                "checkpoint": experiment.address(checkpoint) if checkpoint else None,
                 "max_steps": max_steps,
                 "error": str(result.error).splitlines()[0][:200] if result.error else None,
             }
