@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl_ray.errors import StorageError
+from mtl_ray.errors import MtlRayError, StorageError
 from mtl_ray.ray.storage import RunFolder, check_writable
 
 
@@ -130,3 +130,14 @@ def test_a_path_in_the_storage_filesystem_becomes_a_location(tmp_path):
     assert run.address("/elsewhere/checkpoint_000001") == "/elsewhere/checkpoint_000001"
     local = RunFolder.create(str(tmp_path), "exp")
     assert local.address(f"{tmp_path}/exp/default/checkpoint_000001") == f"{tmp_path}/exp/default/checkpoint_000001"
+
+
+def test_resume_fetches_the_setup_file_from_a_uri(tmp_path):
+    from mtl_ray.ray.tune import _read_resume_setup
+
+    (tmp_path / "bucket" / "exp").mkdir(parents=True)
+    setup = {"base": {"tune": {}}, "trials": [], "storage": f"file://{tmp_path}/bucket", "num_layers": 4}
+    (tmp_path / "bucket" / "exp" / "mtl_tune_setup.json").write_text(json.dumps(setup))
+    assert _read_resume_setup(f"file://{tmp_path}/bucket/exp/") == setup
+    with pytest.raises(MtlRayError, match=rf"--resume file://{tmp_path}/bucket/none: not a tune experiment directory"):
+        _read_resume_setup(f"file://{tmp_path}/bucket/none")

@@ -367,7 +367,10 @@ def _read_resume_setup(resume: str) -> dict[str, Any]:
         return read_setup(Path(resume))
     digest = hashlib.sha256(resume.encode()).hexdigest()[:8]
     staged = RunFolder(resume.rstrip("/"), str(Path(tempfile.gettempdir(), STAGING_ROOT, f"resume-{digest}")))
+    (Path(staged.local) / SETUP_FILE).unlink(missing_ok=True)  # never an earlier pull's copy
     staged.pull(SETUP_FILE)
+    if not (Path(staged.local) / SETUP_FILE).is_file():
+        raise MtlRayError(f"--resume {resume}: not a tune experiment directory (no {SETUP_FILE})")
     return read_setup(Path(staged.local))
 
 
