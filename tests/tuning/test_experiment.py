@@ -40,3 +40,13 @@ def test_plan_writes_the_storage_into_the_base_config(tiny_encoder_dir, tiny_tas
     base, _ = plan(cfg, storage_path="file:///mnt/runs")  # --storage-path wins
     assert base["tune"]["storage_path"] == "file:///mnt/runs"
     assert experiment_location(config_from_dict(base)) == "file:///mnt/runs/exp"
+
+
+def test_resume_keeps_the_experiments_own_storage(capsys):
+    from mtl_ray.cli import main
+
+    assert main(["tune", "--resume", "runs/x/exp", "--storage-path", "s3://b/t"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: tune --resume: the experiment's own config and storage are used; "
+        "drop --config, overrides and --storage-path"
+    )
