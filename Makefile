@@ -59,7 +59,7 @@ bench-tune: venv  ## ASHA vs the full grid on the real encoder (≈ 40 min on 2 
 	$(PY) bench/tune_asha_vs_grid.py --overwrite
 
 quality: venv  ## the multi-task vs single-task quality study (default arms, 3 seeds, hours on 2 cores; resumable; docs/quality.md)
-	$(PY) bench/quality/study.py --set train.num_threads=1
+	$(PY) bench/quality/study.py --out bench/quality/results --set train.num_threads=1
 
 clean:  ## remove run outputs (keeps the venv and the asset cache)
 	rm -rf runs .pytest_cache .ruff_cache
