@@ -21,42 +21,35 @@ try:
 except ImportError:  # `python jobs/add_task.py` from a checkout: the repo root holds the package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mtl_ray.errors import MtlRayError
+from mtl_ray.ray.job_env import add_address_arg, job_parser, run_job
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="jobs/add_task.py", description=__doc__.split("\n\n")[0])
+    p = job_parser(__file__, __doc__)
     p.add_argument("--checkpoint", required=True, help="the base checkpoint (absolute path)")
     p.add_argument("--config", "-c", required=True, help="YAML with the new task(s) and training options")
     p.add_argument("--output", "-o", required=True, help="run directory (absolute); the head goes to OUT/best")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=200")
     p.add_argument("--replace", action="store_true", help="train a new head for a task the base already has")
     p.add_argument("--storage-path", default=None, help="Ray Train storage: absolute path or URI")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, set by Ray Jobs)")
+    add_address_arg(p)
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        from mtl_ray.add_task import add_task
+def add_task(args: argparse.Namespace) -> int:
+    from mtl_ray.add_task import add_task_from_args
 
-        summary = add_task(
-            args.checkpoint,
-            args.config,
-            args.output,
-            overrides=args.overrides,
-            replace=args.replace,
-            address=args.address,
-            storage_path=args.storage_path,
-        )
-    except MtlRayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = add_task_from_args(args)
     if summary.get("run_head_checkpoint"):  # a --storage-path outside OUT: the run folder has a copy
         print(f"\nrun folder:      {summary['output_dir']} (head: {summary['run_head_checkpoint']})")
     print(f"\nhead checkpoint: {summary['head_checkpoint']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # the other entrypoints check the interpreter first; this one never has (kept as it was)
+    return run_job(__file__, lambda: add_task(args), check_interpreter=False)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ except ImportError:  # `python jobs/deploy.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtl_ray.errors import MtlRayError
-from mtl_ray.ray.job_env import check_job_interpreter
+from mtl_ray.ray.job_env import add_address_arg, job_parser, run_job
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="jobs/deploy.py", description=__doc__.split("\n\n")[0])
+    p = job_parser(__file__, __doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (verified before deploying)")
     p.add_argument("--config", "-c", default=None, help="serve config YAML (mtl_ray.serving.config.ServeConfig)")
     p.add_argument("--set", action="append", default=[], metavar="key=value", help="serve config override")
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the Serve proxy")
     p.add_argument("--app-name", default="mtl", help="Serve application name")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /healthz")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, set by Ray Jobs)")
+    add_address_arg(p)
     p.add_argument("--ssl-certfile", default=None, help="HTTPS: PEM certificate for Serve's proxy (with --ssl-keyfile)")
     p.add_argument("--ssl-keyfile", default=None, help="HTTPS: PEM private key of that certificate")
     return p.parse_args(argv)
@@ -58,40 +58,39 @@ def wait_healthy(url: str, timeout_s: float, verify: str | bool = True) -> None:
     raise MtlRayError(f"deploy: {url} did not answer within {timeout_s:.0f} s (last: {last})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def deploy(args: argparse.Namespace) -> int:
+    from mtl_ray.ray.serve.app import build_app, https_options
+    from mtl_ray.serving.config import load_serve_config, read_api_key
+
+    cfg = load_serve_config(args.config, args.set, checkpoint=args.checkpoint)
+    read_api_key(cfg.auth)  # auth configured but no key: fail here, not in a replica
+    app = build_app(cfg)  # verifies the checkpoint (manifest, sizes, sha256) before Ray is touched
+    tls = https_options(args.ssl_certfile, args.ssl_keyfile)
+
+    import ray
+    from ray import serve
+
+    from mtl_ray.ray.session import resolve_address
+
+    started = time.perf_counter()
+    ray.init(address=resolve_address(args.address) or "auto", log_to_driver=False)
+    serve.start(http_options={"host": args.host, "port": args.port, **tls})
     try:
-        check_job_interpreter(__file__)  # a bare `python` without the deps: say why, no traceback
-        from mtl_ray.ray.serve.app import build_app, https_options
-        from mtl_ray.serving.config import load_serve_config, read_api_key
-
-        cfg = load_serve_config(args.config, args.set, checkpoint=args.checkpoint)
-        read_api_key(cfg.auth)  # auth configured but no key: fail here, not in a replica
-        app = build_app(cfg)  # verifies the checkpoint (manifest, sizes, sha256) before Ray is touched
-        tls = https_options(args.ssl_certfile, args.ssl_keyfile)
-
-        import ray
-        from ray import serve
-
-        from mtl_ray.ray.session import resolve_address
-
-        started = time.perf_counter()
-        ray.init(address=resolve_address(args.address) or "auto", log_to_driver=False)
-        serve.start(http_options={"host": args.host, "port": args.port, **tls})
-        try:
-            serve.run(app, name=args.app_name, route_prefix="/", blocking=False)
-        except RuntimeError as exc:  # the deploy failed in a replica: Serve's message says why
-            raise MtlRayError(f"deploy of app {args.app_name!r} failed: {str(exc).strip().splitlines()[-1]}") from None
-        base = f"{'https' if tls else 'http'}://{args.host}:{args.port}"
-        # a liveness probe of our own proxy (no data sent): the certificate may be self-signed or chain to
-        # a CA this pod does not hold, so it is not checked here; clients check it
-        wait_healthy(f"{base}/healthz", args.timeout, verify=not tls)
-    except MtlRayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        serve.run(app, name=args.app_name, route_prefix="/", blocking=False)
+    except RuntimeError as exc:  # the deploy failed in a replica: Serve's message says why
+        raise MtlRayError(f"deploy of app {args.app_name!r} failed: {str(exc).strip().splitlines()[-1]}") from None
+    base = f"{'https' if tls else 'http'}://{args.host}:{args.port}"
+    # a liveness probe of our own proxy (no data sent): the certificate may be self-signed or chain to
+    # a CA this pod does not hold, so it is not checked here; clients check it
+    wait_healthy(f"{base}/healthz", args.timeout, verify=not tls)
     print(f"deployed {cfg.checkpoint} as app {args.app_name!r} in {time.perf_counter() - started:.1f} s")
     print(f"serving at {base}/v1/predict (docs: {base}/docs)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_job(__file__, lambda: deploy(args))
 
 
 if __name__ == "__main__":

@@ -19,29 +19,15 @@ try:
 except ImportError:  # `python jobs/evaluate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mtl_ray.errors import MtlRayError
-from mtl_ray.ray.job_env import check_job_interpreter
+from mtl_ray.ray.job_env import job_parser, run_job
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jobs/evaluate.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--output", default=None, help="write the metrics JSON here (local path or fsspec URI)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the checkpoint's config (data.*)")
-    from mtl_ray.checkpoint_cli import add_key_args, keys_from_args
+def evaluate(args: argparse.Namespace) -> int:
+    from mtl_ray.checkpoint_cli import keys_from_args
+    from mtl_ray.evaluate import evaluate_checkpoint
+    from mtl_ray.training.metrics import format_table
 
-    add_key_args(p)  # --key-env / --key-file (encrypted checkpoints), --public-key (refuse unsigned ones)
-    args = p.parse_args(argv)
-    try:
-        check_job_interpreter(__file__)  # a bare `python` without the deps: say why, no traceback
-        from mtl_ray.evaluate import evaluate_checkpoint
-        from mtl_ray.training.metrics import format_table
-
-        report = evaluate_checkpoint(args.checkpoint, args.split, args.overrides, keys=keys_from_args(args))
-    except MtlRayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = evaluate_checkpoint(args.checkpoint, args.split, args.overrides, keys=keys_from_args(args))
     print(format_table(report.metrics, report.baseline))
     print(f"aggregate: {report.aggregate:.4f}")
     if args.output:
@@ -51,6 +37,19 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(report.to_dict(), f, indent=2)
         print(f"metrics written to {args.output}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = job_parser(__file__, __doc__)
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--output", default=None, help="write the metrics JSON here (local path or fsspec URI)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the checkpoint's config (data.*)")
+    from mtl_ray.checkpoint_cli import add_key_args
+
+    add_key_args(p)  # --key-env / --key-file (encrypted checkpoints), --public-key (refuse unsigned ones)
+    args = p.parse_args(argv)
+    return run_job(__file__, lambda: evaluate(args))
 
 
 if __name__ == "__main__":

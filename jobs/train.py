@@ -19,35 +19,33 @@ try:
 except ImportError:  # `python jobs/train.py` from a checkout: the repo root holds the package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mtl_ray.errors import MtlRayError
-from mtl_ray.ray.job_env import check_job_interpreter
+from mtl_ray.ray.job_env import add_address_arg, job_parser, run_job
+
+
+def train(args: argparse.Namespace) -> int:
+    from mtl_ray.config import load_config
+    from mtl_ray.ray.train import run_ray_training
+
+    cfg = load_config(args.config, args.overrides)
+    summary = run_ray_training(cfg, resume_from=args.resume, address=args.address, storage_path=args.storage_path)
+    print(f"\nbest checkpoint: {summary['best_checkpoint']}")
+    print(f"run folder:      {summary['output_dir']}")  # metrics, TensorBoard, curves, summary, checkpoints
+    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="jobs/train.py", description=__doc__.split("\n\n")[0])
+    p = job_parser(__file__, __doc__)
     p.add_argument("--config", "-c", required=True, help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. ray.num_workers=2")
     p.add_argument("--storage-path", default=None, help="Ray Train storage: absolute path or URI (s3://, gs://)")
     p.add_argument("--resume", default=None, help="checkpoint directory or URI to resume from")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, set by Ray Jobs)")
+    add_address_arg(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        check_job_interpreter(__file__)  # a bare `python` without the deps: say why, no traceback
-        from mtl_ray.config import load_config
-        from mtl_ray.ray.train import run_ray_training
-
-        cfg = load_config(args.config, args.overrides)
-        summary = run_ray_training(cfg, resume_from=args.resume, address=args.address, storage_path=args.storage_path)
-    except MtlRayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"\nbest checkpoint: {summary['best_checkpoint']}")
-    print(f"run folder:      {summary['output_dir']}")  # metrics, TensorBoard, curves, summary, checkpoints
-    return 0
+    return run_job(__file__, lambda: train(args))
 
 
 if __name__ == "__main__":

@@ -22,36 +22,35 @@ except ImportError:  # `python jobs/tune.py` from a checkout: the repo root hold
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtl_ray.errors import MtlRayError
-from mtl_ray.ray.job_env import check_job_interpreter
+from mtl_ray.ray.job_env import add_address_arg, job_parser, run_job
+
+
+def tune(args: argparse.Namespace) -> int:
+    from mtl_ray.config import load_config
+    from mtl_ray.ray.tune import run_tune
+    from mtl_ray.tuning.experiment import format_summary
+
+    if args.resume is None and args.config is None:
+        raise MtlRayError("give --config or --resume")
+    cfg = load_config(args.config, args.overrides) if args.resume is None else None
+    summary = run_tune(cfg, address=args.address, resume=args.resume, storage_path=args.storage_path)
+    print(format_summary(summary))
+    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="jobs/tune.py", description=__doc__.split("\n\n")[0])
+    p = job_parser(__file__, __doc__)
     p.add_argument("--config", "-c", default=None, help="YAML config with a tune: section")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. tune.num_samples=4")
     p.add_argument("--resume", default=None, help="experiment directory of an interrupted search")
     p.add_argument("--storage-path", default=None, help="the experiment's storage: absolute path or URI (s3://, gs://)")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, set by Ray Jobs)")
+    add_address_arg(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        check_job_interpreter(__file__)  # a bare `python` without the deps: say why, no traceback
-        from mtl_ray.config import load_config
-        from mtl_ray.ray.tune import run_tune
-        from mtl_ray.tuning.experiment import format_summary
-
-        if args.resume is None and args.config is None:
-            raise MtlRayError("give --config or --resume")
-        cfg = load_config(args.config, args.overrides) if args.resume is None else None
-        summary = run_tune(cfg, address=args.address, resume=args.resume, storage_path=args.storage_path)
-    except MtlRayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(summary))
-    return 0
+    return run_job(__file__, lambda: tune(args))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ is written either way.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,21 @@ def add_task(
     if use_ray:
         _record_in_run_folder(summary, cfg, storage_path, export)
     return summary
+
+
+def add_task_from_args(args: argparse.Namespace, **options: Any) -> dict[str, Any]:
+    """:func:`add_task` with what ``mtl-ray add-task`` and ``jobs/add_task.py`` both parse (``checkpoint``,
+    ``config``, ``output``, ``overrides``, ``replace``, ``address``, ``storage_path``); ``options``: the rest."""
+    return add_task(
+        args.checkpoint,
+        args.config,
+        args.output,
+        overrides=args.overrides,
+        replace=args.replace,
+        address=args.address,
+        storage_path=args.storage_path,
+        **options,
+    )
 
 
 def _record_in_run_folder(summary: dict[str, Any], cfg: Config, storage_path: str | None, export: Path) -> None:

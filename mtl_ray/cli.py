@@ -189,21 +189,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_add_task(args: argparse.Namespace) -> int:
-    from mtl_ray.add_task import add_task
+    from mtl_ray.add_task import add_task_from_args
 
     if args.no_ray and args.storage_path:
         raise MtlRayError("--storage-path needs Ray; drop --no-ray")
-    summary = add_task(
-        args.checkpoint,
-        args.config,
-        args.output,
-        overrides=args.overrides,
-        replace=args.replace,
-        use_ray=not args.no_ray,
-        address=args.address,
-        storage_path=args.storage_path,
-        progress=not args.no_progress,
-    )
+    summary = add_task_from_args(args, use_ray=not args.no_ray, progress=not args.no_progress)
     print(f"\nrun folder:      {summary['output_dir']}")  # metrics, TensorBoard, curves, summary, checkpoints
     if summary.get("run_head_checkpoint"):  # a storage outside OUT: the head is copied into the run folder
         print(f"head (copy):     {summary['run_head_checkpoint']}")
@@ -328,6 +318,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _endpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the Serve app answers, as ``serve build`` writes it and ``serve`` runs it: host, port, app
+    name, route prefix and the HTTPS certificate files."""
+    names = ("host", "port", "app_name", "route_prefix", "ssl_certfile", "ssl_keyfile")
+    return {name: getattr(args, name) for name in names}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from mtl_ray.serving.config import load_serve_config, read_api_key
 
@@ -345,15 +342,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.action == "build":
         from mtl_ray.ray.serve.app import serve_config, serve_config_yaml
 
-        conf = serve_config(
-            cfg,
-            host=args.host,
-            port=args.port,
-            app_name=args.app_name,
-            route_prefix=args.route_prefix,
-            ssl_certfile=args.ssl_certfile,
-            ssl_keyfile=args.ssl_keyfile,
-        )
+        conf = serve_config(cfg, **_endpoint(args))
         command = " ".join(
             ["mtl-ray serve build", f"--checkpoint {cfg.checkpoint}"]
             + ([f"--config {args.config}"] if args.config else [])
@@ -375,17 +364,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mtl_ray.checkpoint import checkpoint_key
 
     checkpoint_key(cfg.checkpoint, cfg.checkpoint_keys())  # encrypted but no (or the wrong) key: fail here too
-    run_serve(
-        cfg,
-        host=args.host,
-        port=args.port,
-        app_name=args.app_name,
-        route_prefix=args.route_prefix,
-        num_cpus=args.num_cpus,
-        verbose=_verbose(args),
-        ssl_certfile=args.ssl_certfile,
-        ssl_keyfile=args.ssl_keyfile,
-    )
+    run_serve(cfg, **_endpoint(args), num_cpus=args.num_cpus, verbose=_verbose(args))
     return 0
 
 

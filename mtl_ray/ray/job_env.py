@@ -1,4 +1,5 @@
-"""What a Ray Jobs entrypoint (``jobs/*.py``) checks about its own interpreter before doing anything.
+"""What a Ray Jobs entrypoint (``jobs/*.py``) checks about its own interpreter before doing anything,
+and the frame every entrypoint shares (its parser's name, ``--address``, the ``error:`` line and exit 2).
 
 ``ray job submit --working-dir . -- python jobs/train.py ...`` uploads the repository *without* its
 ``.gitignore``d ``.venv/`` (and ``runs/``, ``.git/``): the job's ``mtl_ray`` package then comes from
@@ -11,9 +12,11 @@ runs — the message below explains that case too, for the user who then tries a
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mtl_ray.errors import MtlRayError
 
@@ -47,4 +50,27 @@ def check_job_interpreter(script: str, required: Sequence[str] = REQUIRED, execu
     )
 
 
-__all__ = ["check_job_interpreter", "in_uploaded_working_dir"]
+def job_parser(script: str, doc: str) -> argparse.ArgumentParser:
+    """The argument parser of the entrypoint ``script``: prog ``jobs/<name>.py``, described by the first
+    paragraph of its docstring ``doc``."""
+    return argparse.ArgumentParser(prog=f"jobs/{Path(script).name}", description=doc.split("\n\n")[0])
+
+
+def add_address_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, set by Ray Jobs)")
+
+
+def run_job(script: str, body: Callable[[], int], check_interpreter: bool = True) -> int:
+    """An entrypoint's ``main``: check the interpreter (unless told not to), then ``body()``, whose
+    return value is the exit status. A config, data or checkpoint problem (:class:`MtlRayError`) prints
+    one ``error:`` line on stderr and exits 2, with no traceback."""
+    try:
+        if check_interpreter:
+            check_job_interpreter(script)  # a bare `python` without the deps: say why, no traceback
+        return body()
+    except MtlRayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["add_address_arg", "check_job_interpreter", "in_uploaded_working_dir", "job_parser", "run_job"]
