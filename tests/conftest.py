@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny real HF encoder folder, tiny synthetic task files, a config factory."""
+"""Shared fixtures: a tiny real HF encoder folder (and its dropout-free twin), tiny synthetic task files, a
+config factory."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,17 @@ def _few_threads():
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory) -> Path:
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+@pytest.fixture(scope="session")
+def nodrop_encoder_dir(tmp_path_factory) -> Path:
+    """The tiny encoder with dropout off: data-parallel and single-process runs are then the same
+    function of the same batches (dropout masks are drawn per rank)."""
+    path = make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder-nodrop"))
+    config = json.loads((path / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,6 @@
 """Frozen-trunk training: shared weights bit-identical, the trunk runs once per example, the cache
 changes nothing (equal to the uncached run and to a hand-frozen reference run), clear errors."""
 
-import json
-
 import pytest
 import torch
 from helpers import tiny_config_dict
@@ -10,27 +8,17 @@ from helpers import tiny_config_dict
 from mtl_ray.config import config_from_dict
 from mtl_ray.errors import CheckpointError, ConfigError
 from mtl_ray.serving.checkpoint_info import read_checkpoint_info, shared_fingerprint
-from mtl_ray.testing import make_tiny_encoder
 from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.checkpointing import save_training_checkpoint
 from mtl_ray.training.run import setup_run
 
 
-@pytest.fixture(scope="module")
-def nodrop_encoder(tmp_path_factory):
-    path = make_tiny_encoder(tmp_path_factory.mktemp("tiny-nodrop"))
-    config = json.loads((path / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
 @pytest.fixture
-def cfg_of(nodrop_encoder, tiny_task_files, tmp_path):
+def cfg_of(nodrop_encoder_dir, tiny_task_files, tmp_path):
     """Config of one or two tiny tasks on the dropout-free encoder (head dropout 0 too)."""
 
     def make(sharing_depth=None, tasks=("sentiment",), model=None, run="run", **train):
-        d = tiny_config_dict(nodrop_encoder, tiny_task_files, tmp_path / run, **train)
+        d = tiny_config_dict(nodrop_encoder_dir, tiny_task_files, tmp_path / run, **train)
         d["tasks"] = {t: d["tasks"][t] for t in tasks}
         d["model"].update(head_dropout=0.0, sharing_depth=sharing_depth, **(model or {}))
         return config_from_dict(d)

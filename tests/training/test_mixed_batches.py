@@ -4,7 +4,6 @@ from per-task ``model.loss`` calls, exact resume, the frozen trunk, and the erro
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections import Counter
 
@@ -17,7 +16,6 @@ from mtl_ray.config import TrainConfig, config_from_dict
 from mtl_ray.data.tokenize import collate
 from mtl_ray.errors import ConfigError
 from mtl_ray.tasks.base import TaskSpec
-from mtl_ray.testing import make_tiny_encoder
 from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.checkpointing import load_for_resume, save_training_checkpoint
 from mtl_ray.training.evaluation import rows
@@ -29,19 +27,10 @@ from mtl_ray.training.samplers import build_sampler
 SIZES = {"a": 10, "b": 100, "c": 1_000}
 
 
-@pytest.fixture(scope="module")
-def nodrop_encoder(tmp_path_factory):
-    path = make_tiny_encoder(tmp_path_factory.mktemp("tiny-nodrop"))
-    config = json.loads((path / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
 @pytest.fixture
-def cfg_of(nodrop_encoder, tiny_task_files, tmp_path):
+def cfg_of(nodrop_encoder_dir, tiny_task_files, tmp_path):
     def make(run="run", loss_weights=None, model=None, **train):
-        d = tiny_config_dict(nodrop_encoder, tiny_task_files, tmp_path / run, **train)
+        d = tiny_config_dict(nodrop_encoder_dir, tiny_task_files, tmp_path / run, **train)
         d["model"].update(head_dropout=0.0, **(model or {}))
         for task, w in (loss_weights or {}).items():
             d["tasks"][task]["loss_weight"] = w

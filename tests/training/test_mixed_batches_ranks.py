@@ -3,7 +3,6 @@ one process with the doubled batch, including ranks that hold no example of a ta
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import torch.multiprocessing as mp
 from helpers import tiny_config_dict
 
 from mtl_ray.config import config_from_dict
-from mtl_ray.testing import make_tiny_encoder
 from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.mixed_batches import allocate, rank_slice
 from mtl_ray.training.run import setup_run
@@ -42,19 +40,10 @@ def _rank_main(rank: int, world: int, cfg_dict: dict, store: str, out_dir: str) 
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def nodrop_encoder(tmp_path_factory):
-    path = make_tiny_encoder(tmp_path_factory.mktemp("tiny-nodrop"))
-    config = json.loads((path / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.distributed
-def test_two_gloo_ranks_equal_one_process_with_the_doubled_batch(nodrop_encoder, tiny_task_files, tmp_path):
-    d = tiny_config_dict(nodrop_encoder, tiny_task_files, tmp_path / "run", max_steps=STEPS, batch_size=PER_RANK)
+def test_two_gloo_ranks_equal_one_process_with_the_doubled_batch(nodrop_encoder_dir, tiny_task_files, tmp_path):
+    d = tiny_config_dict(nodrop_encoder_dir, tiny_task_files, tmp_path / "run", max_steps=STEPS, batch_size=PER_RANK)
     d["model"]["head_dropout"] = 0.0
     d["train"].update(
         mixed_batches=True, sampler="uniform", loss_scaling="auto", weighting="uncertainty", grad_accum_steps=2
