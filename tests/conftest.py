@@ -43,6 +43,21 @@ def tiny_task_files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
+def unwritable_storage(tmp_path, monkeypatch) -> Path:
+    """A storage path that cannot be created (its parent is a plain file), with Ray's session patched to
+    fail the test if it starts: the storage check must refuse it before Ray is touched."""
+    import mtl_ray.ray.session
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before the storage check")
+
+    monkeypatch.setattr(mtl_ray.ray.session, "ray_session", no_ray)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    return blocker / "store"
+
+
+@pytest.fixture
 def tiny_config(tiny_encoder_dir, tiny_task_files, tmp_path):
     def make(model: dict | None = None, drop_tasks: tuple[str, ...] = (), run: str = "run", **train) -> Config:
         d = tiny_config_dict(tiny_encoder_dir, tiny_task_files, tmp_path / run, **train)

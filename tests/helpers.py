@@ -1,4 +1,5 @@
-"""Plain test helpers shared by every test tier: tiny learnable task files and the tiny config factory.
+"""Plain test helpers shared by every test tier: tiny learnable task files, the tiny config factory, and
+the single-process reference of a data-parallel run.
 
 Import them by name (``from helpers import tiny_config_dict``): ``tests/`` is on ``sys.path`` because
 of its ``conftest.py`` (pytest's default "prepend" import mode).
@@ -100,3 +101,24 @@ def write_tone_csv(path: Path, n: int = 120, seed: int = 5) -> Path:
             rng.shuffle(words)
             w.writerow([" ".join(words) + f" {i}", kind])
     return path
+
+
+def assert_equals_one_process(cfg, batch_size: int, steps: int, state: dict):
+    """Train ``cfg`` in this process for ``steps`` steps with ``batch_size`` (a data-parallel run's global
+    batch: per-worker batch × workers) and assert that its weights equal ``state`` (name -> tensor, the
+    data-parallel run's) to 1e-5; returns the trainer."""
+    import torch
+
+    from mtl_ray.config import config_from_dict, config_to_dict
+    from mtl_ray.training.builders import build_trainer
+    from mtl_ray.training.run import setup_run
+
+    d = config_to_dict(cfg)
+    single = config_from_dict({**d, "train": {**d["train"], "batch_size": batch_size}})
+    setup = setup_run(single)
+    trainer = build_trainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
+    for _ in range(steps):
+        trainer.train_step()
+    for name, p in trainer.model.named_parameters():
+        assert torch.allclose(p.detach(), state[name], atol=1e-5), name
+    return trainer

@@ -103,8 +103,9 @@ def test_replace_trains_a_new_head_for_an_existing_task(base, tmp_path):
     assert new["score"] == old["score"] and new["sentiment"] != old["sentiment"]
 
 
-def cli_error(capsys, argv) -> str:
-    assert main(argv) == 2
+def add_task_error(capsys, checkpoint: Path, cfg: Path, out: Path, *flags: str) -> str:
+    """The stderr of an in-process `mtl-ray add-task --no-ray` that must exit 2."""
+    assert main(["add-task", "--checkpoint", str(checkpoint), "-c", str(cfg), "-o", str(out), "--no-ray", *flags]) == 2
     return capsys.readouterr().err
 
 
@@ -121,52 +122,26 @@ BAD_YAML = [
 def test_a_yaml_that_sets_what_the_base_owns_is_refused(base, tmp_path, capsys, extra, message):
     cfg = task_yaml(tmp_path / "bad.yaml", tone_task(base), **extra)
     out = tmp_path / "run"
-    err = cli_error(capsys, ["add-task", "--checkpoint", str(base["ckpt"]), "-c", str(cfg), "-o", str(out), "--no-ray"])
+    err = add_task_error(capsys, base["ckpt"], cfg, out)
     assert message in err and not out.exists()
 
 
 def test_bad_base_and_bad_task_data_are_refused(base, tmp_path, capsys):
     cfg = task_yaml(tmp_path / "tone.yaml", tone_task(base), data={"cache_dir": str(tmp_path / "cache")})
-    run = ["-c", str(cfg), "-o", str(tmp_path / "run"), "--no-ray"]
-    err = cli_error(capsys, ["add-task", "--checkpoint", str(tmp_path / "nope"), *run])
+    err = add_task_error(capsys, tmp_path / "nope", cfg, tmp_path / "run")
     assert "no checkpoint directory there" in err
     tampered = Path(shutil.copytree(base["ckpt"], tmp_path / "tampered"))
     weights = bytearray((tampered / "model.safetensors").read_bytes())
     weights[-3] ^= 0xFF
     (tampered / "model.safetensors").write_bytes(bytes(weights))
-    err = cli_error(capsys, ["add-task", "--checkpoint", str(tampered), *run])
+    err = add_task_error(capsys, tampered, cfg, tmp_path / "run")
     assert "model.safetensors: sha256 mismatch" in err and "the checkpoint was modified or truncated" in err
     # a task whose data lacks the column, or has a label outside its declared classes
     no_column = {"tone": {**tone_task(base)["tone"], "text_field": "text"}}
-    err = cli_error(
-        capsys,
-        [
-            "add-task",
-            "--checkpoint",
-            str(base["ckpt"]),
-            *run[:0],
-            "-c",
-            str(task_yaml(tmp_path / "c.yaml", no_column)),
-            "-o",
-            str(tmp_path / "run"),
-            "--no-ray",
-        ],
-    )
+    err = add_task_error(capsys, base["ckpt"], task_yaml(tmp_path / "c.yaml", no_column), tmp_path / "run")
     assert "missing column 'text' (set by tasks.tone.text_field)" in err
     bad_label = {"tone": {**tone_task(base)["tone"], "label_names": ["pos", "neg"]}}
-    err = cli_error(
-        capsys,
-        [
-            "add-task",
-            "--checkpoint",
-            str(base["ckpt"]),
-            "-c",
-            str(task_yaml(tmp_path / "l.yaml", bad_label)),
-            "-o",
-            str(tmp_path / "run"),
-            "--no-ray",
-        ],
-    )
+    err = add_task_error(capsys, base["ckpt"], task_yaml(tmp_path / "l.yaml", bad_label), tmp_path / "run")
     assert "label 'flat' is not in label_names (pos, neg)" in err and "tone.csv: row" in err
     assert not (tmp_path / "run" / "best").exists()
 
@@ -174,20 +149,7 @@ def test_bad_base_and_bad_task_data_are_refused(base, tmp_path, capsys):
 def test_a_contrastive_task_on_a_k_equals_L_base_is_refused(base, tmp_path, capsys):
     unsup = {"unsup": {"type": "contrastive", "source": str(base["tone"]), "text_field": "body"}}
     cfg = task_yaml(tmp_path / "u.yaml", unsup)
-    err = cli_error(
-        capsys,
-        [
-            "add-task",
-            "--checkpoint",
-            str(base["ckpt"]),
-            "-c",
-            str(cfg),
-            "-o",
-            str(tmp_path / "run"),
-            "--no-ray",
-            "--no-progress",
-        ],
-    )
+    err = add_task_error(capsys, base["ckpt"], cfg, tmp_path / "run", "--no-progress")
     assert "tasks.unsup: a contrastive task at sharing depth k = L (4) has no weights of its own" in err
 
 
@@ -288,19 +250,12 @@ def test_the_job_entrypoint_reports_a_bad_base_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no checkpoint directory there"
 
 
-def test_a_bad_storage_path_is_refused_before_training(base, tmp_path, monkeypatch, capsys):
-    import mtl_ray.ray.session
+def test_a_bad_storage_path_is_refused_before_training(base, tmp_path, unwritable_storage, capsys):
     from mtl_ray.errors import StorageError
 
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray started before the storage check")
-
-    monkeypatch.setattr(mtl_ray.ray.session, "ray_session", no_ray)
-    blocker = tmp_path / "a-file"
-    blocker.write_text("x")
     cfg = task_yaml(tmp_path / "tone.yaml", tone_task(base))
-    with pytest.raises(StorageError, match=rf"storage_path '{blocker}/store' is not writable \(Not a directory\)"):
-        add_task(base["ckpt"], cfg, tmp_path / "run", storage_path=str(blocker / "store"))
+    with pytest.raises(StorageError, match=rf"storage_path '{unwritable_storage}' is not writable \(Not a directory\)"):
+        add_task(base["ckpt"], cfg, tmp_path / "run", storage_path=str(unwritable_storage))
     args = ["add-task", "--checkpoint", str(base["ckpt"]), "-c", str(cfg), "-o", str(tmp_path / "run")]
     assert main([*args, "--no-ray", "--storage-path", str(tmp_path / "s")]) == 2
     assert capsys.readouterr().err.strip() == "error: --storage-path needs Ray; drop --no-ray"

@@ -99,25 +99,22 @@ def test_push_can_leave_a_subfolder_to_its_own_writer(tmp_path):
     assert [p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file()] == ["exp/summary.json"]
 
 
-def test_tune_refuses_an_unwritable_storage_before_ray_starts(tiny_encoder_dir, tiny_task_files, tmp_path, monkeypatch):
+def test_tune_refuses_an_unwritable_storage_before_ray_starts(
+    tiny_encoder_dir, tiny_task_files, tmp_path, unwritable_storage
+):
     from helpers import tiny_config_dict
 
-    import mtl_ray.ray.session
     from mtl_ray.config import config_from_dict
     from mtl_ray.ray.tune import run_tune
 
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray started before the storage check")
-
-    monkeypatch.setattr(mtl_ray.ray.session, "ray_session", no_ray)
-    blocker = tmp_path / "a-file"
-    blocker.write_text("x")
     d = tiny_config_dict(tiny_encoder_dir, tiny_task_files, tmp_path / "out")
     d["tune"] = {"name": "exp", "search_space": {"train.lr": {"choice": [1e-3]}}}
-    with pytest.raises(StorageError, match=rf"storage_path '{blocker}/store' is not writable \(Not a directory\)"):
-        run_tune(config_from_dict(d), storage_path=str(blocker / "store"))
-    d["ray"] = {"storage_path": f"file://{blocker}/store"}  # ray.storage_path serves tune too
-    with pytest.raises(StorageError, match=rf"storage_path 'file://{blocker}/store' is not reachable or not writable"):
+    with pytest.raises(StorageError, match=rf"storage_path '{unwritable_storage}' is not writable \(Not a directory\)"):
+        run_tune(config_from_dict(d), storage_path=str(unwritable_storage))
+    d["ray"] = {"storage_path": f"file://{unwritable_storage}"}  # ray.storage_path serves tune too
+    with pytest.raises(
+        StorageError, match=rf"storage_path 'file://{unwritable_storage}' is not reachable or not writable"
+    ):
         run_tune(config_from_dict(d))
 
 

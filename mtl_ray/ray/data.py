@@ -302,13 +302,12 @@ class ShardStream:
     requires). State is (epoch, batches consumed in it)."""
 
     def __init__(self, task: str, shard: Any, num_examples: int, seed: int) -> None:
-        self.task = task
-        self.shard = shard
-        self.num_examples = num_examples
-        self.seed = seed
-        self.epoch = 0
-        self.batches = 0
-        self._skip = 0
+        self.task, self.shard, self.num_examples, self.seed = task, shard, num_examples, seed
+        self._start_epoch(0)
+
+    def _start_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Start reading ``epoch`` afresh, dropping its first ``skip`` batches (consumed before a restart)."""
+        self.epoch, self.batches, self._skip = epoch, 0, skip
         self._it: Any = None
 
     def _open(self, per_rank: int) -> None:
@@ -335,7 +334,7 @@ class ShardStream:
                     empty_epochs += 1
                     if empty_epochs > 1:
                         raise DataError(f"task {self.task!r}: a rank's shard holds no full batch") from None
-                self.epoch, self.batches, self._skip = self.epoch + 1, 0, 0
+                self._start_epoch(self.epoch + 1)
                 continue
             self.batches += 1
             if self._skip:  # resuming inside an epoch: drop what was consumed before the restart
@@ -353,7 +352,7 @@ class ShardStream:
                 f"task {self.task!r}: checkpoint streamed {state.get('num_examples')} train rows per epoch, "
                 f"the data now has {self.num_examples}"
             )
-        self.epoch, self.batches, self._skip, self._it = int(state["epoch"]), 0, int(state.get("batches", 0)), None
+        self._start_epoch(int(state["epoch"]), skip=int(state.get("batches", 0)))
 
 
 def worker_inputs(cfg: Config, streamed: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, ShardStream]]:

@@ -59,6 +59,19 @@ def serve_cluster(tls: dict[str, str] | None = None, **local_ray_kwargs: Any) ->
             serve.shutdown()
 
 
+def checkpoint_and_new_head(root: Path, name: str, head_name: str) -> tuple[Path, Path, Path]:
+    """The tiny encoder (``root/encoder``), a checkpoint of it cut at k = 2 of 4 (``root/name``, so hidden
+    states cross from the encoder deployment to the heads) and a replacement head for it: the same
+    trunk, other head weights (``root/head_name``). Returns (encoder, checkpoint, new head)."""
+    from serving_helpers import make_checkpoint  # tests/serving is on sys.path in the Serve test modules
+
+    from mtl_ray.testing import make_tiny_encoder
+
+    encoder = make_tiny_encoder(root / "encoder")
+    checkpoint = make_checkpoint(root / name, encoder, sharing_depth=2)
+    return encoder, checkpoint, make_checkpoint(root / head_name, encoder, sharing_depth=2, head_seed=7)
+
+
 def wait_for_app(name: str, timeout_s: float = 150.0):
     from ray import serve
 
@@ -87,6 +100,23 @@ def replica_info(deployment: str) -> dict:
     from ray import serve
 
     return serve.get_deployment_handle(deployment, app_name="mtl").info.remote().result(timeout_s=30)
+
+
+def offer_head(config: Path, task: str, checkpoint: Path, out: Path, gcs_address: str, timeout_s: float) -> dict:
+    """Deploy ``config`` again with ``Head-<task>``'s user_config pointing at ``checkpoint`` (written to
+    ``out``), the way an operator replaces a head in place, and wait up to ``timeout_s`` for that head to
+    refuse it; returns the head replica's info (``refused``: why, or empty if it did not refuse)."""
+    import yaml
+
+    conf = yaml.safe_load(config.read_text())
+    head = next(d for d in conf["applications"][0]["deployments"] if d["name"] == f"Head-{task}")
+    head["user_config"] = {"checkpoint": str(checkpoint)}
+    out.write_text(yaml.safe_dump(conf))
+    serve_run(out, gcs_address)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not replica_info(f"Head-{task}")["refused"]:
+        time.sleep(0.3)
+    return replica_info(f"Head-{task}")
 
 
 def stop_process(proc: subprocess.Popen, sig: int, timeout_s: float) -> None:

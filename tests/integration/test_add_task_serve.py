@@ -12,9 +12,6 @@ batched together and padded differently, to 1e-5 with the same labels).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,11 +23,12 @@ import yaml
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 from helpers import tiny_config_dict, write_tiny_tasks, write_tone_csv  # noqa: E402
-from test_serve import free_port, replica_info, serve_run, wait_for_app  # noqa: E402
+from ray_helpers import replica_info, serve_cluster, serve_run, wait_for_app  # noqa: E402
 
 from mtl_ray.cli import main  # noqa: E402
 from mtl_ray.config import config_from_dict  # noqa: E402
 from mtl_ray.predictor import Predictor  # noqa: E402
+from mtl_ray.ray.local_cluster import free_port  # noqa: E402
 from mtl_ray.training.run import train  # noqa: E402
 
 TEXTS = ["the movie was good", "bad", "a great film with a happy actor and a boring plot", "news", "sport"]
@@ -39,28 +37,9 @@ CLIENTS = 3
 
 @pytest.fixture(scope="module")
 def cluster():
-    import ray
-    from ray import serve
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=True,  # Ray Train's placement-group cleaner asks the state API
-        dashboard_host="127.0.0.1",
-        dashboard_port=free_port(),
-        _node_ip_address="127.0.0.1",
-        _temp_dir=temp_dir,
-    )
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        yield {"gcs": ray.get_runtime_context().gcs_address, "port": port}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    # with the dashboard: Ray Train's placement-group cleaner asks the state API
+    with serve_cluster(dashboard=True, dashboard_port=free_port()) as cluster:
+        yield cluster
 
 
 def load(base: str, results: list, stop: threading.Event) -> None:

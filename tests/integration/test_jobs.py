@@ -23,7 +23,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,9 +35,11 @@ import httpx
 import pytest
 import yaml
 from helpers import tiny_config_dict, write_tiny_tasks
+from ray_helpers import stop_process
 
 from mtl_ray.checkpoint import verify_checkpoint
 from mtl_ray.predictor import Predictor
+from mtl_ray.ray.local_cluster import free_port
 from mtl_ray.testing import make_tiny_encoder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -67,12 +68,6 @@ def doc_commands() -> dict[str, list[str]]:
         if argv[:3] == ["ray", "job", "submit"]:
             commands[argv[argv.index("--submission-id") + 1]] = argv
     return commands
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Head:
@@ -160,12 +155,7 @@ def head():
             time.sleep(1)
         yield h
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_process(proc, signal.SIGTERM, timeout_s=60)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,8 +24,10 @@ TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "serving") not in sys.path:
     sys.path.insert(0, str(TESTS / "serving"))
 
+from ray_helpers import stop_process  # noqa: E402
 from serving_helpers import make_checkpoint  # noqa: E402
 
+from mtl_ray.ray.local_cluster import free_port  # noqa: E402
 from mtl_ray.testing import make_tiny_encoder  # noqa: E402
 
 MTL_RAY = str(Path(sys.executable).parent / "mtl-ray")
@@ -40,12 +41,6 @@ SHUTDOWN_ERROR = "Task ServeController.graceful_shutdown failed"
 
 def noise(text: str) -> list[str]:
     return [line for line in text.splitlines() if NOISE.search(line) and SHUTDOWN_ERROR not in line]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +70,7 @@ def serve_once(checkpoint: Path, tmp_path: Path, *extra: str, env: dict | None =
             r = httpx.post(f"{base}/v1/predict", json={"texts": ["good great fun film"]}, timeout=60)
             assert r.status_code == 200 and "sentiment" in r.json()["predictions"], r.text
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+            stop_process(proc, signal.SIGINT, timeout_s=90)
     return out.read_text(), err.read_text()
 
 

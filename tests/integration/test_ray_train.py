@@ -18,13 +18,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import tiny_config_dict
+from helpers import assert_equals_one_process, tiny_config_dict
 
 from mtl_ray.checkpoint import load_checkpoint
 from mtl_ray.config import config_from_dict, config_to_dict
 from mtl_ray.errors import CheckpointError, MtlRayError
 from mtl_ray.ray.train import run_ray_training
-from mtl_ray.training.builders import build_trainer
 from mtl_ray.training.checkpointing import model_from_checkpoint
 from mtl_ray.training.driver import FAULT_STEP_ENV
 from mtl_ray.training.evaluation import evaluate_model
@@ -70,14 +69,7 @@ def test_two_workers_equal_one_process_with_twice_the_batch(reference_run):
     assert len(digests) == 2 and digests[0] == digests[1], "ranks ended with different weights"
 
     # single process, batch 16 = 8 per worker × 2 workers: the same global batches
-    single = config_from_dict({**config_to_dict(cfg), "train": {**config_to_dict(cfg)["train"], "batch_size": 16}})
-    setup = setup_run(single)
-    trainer = build_trainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
-    for _ in range(STEPS):
-        trainer.train_step()
-    ray_state = final_state(summary)
-    for name, p in trainer.model.named_parameters():
-        assert torch.allclose(p.detach(), ray_state[name], atol=1e-5), name
+    trainer = assert_equals_one_process(cfg, 16, STEPS, final_state(summary))
     assert summary["examples_seen"] == trainer.examples_seen == STEPS * 2 * 16
 
     # outputs of the run, as the in-process driver writes them
@@ -102,15 +94,7 @@ def test_mixed_batches_two_workers_equal_one_process_with_twice_the_batch(
     )
     summary = run_ray_training(cfg)
     assert summary["rank_param_digests"][0] == summary["rank_param_digests"][1]
-    d = config_to_dict(cfg)
-    single = config_from_dict({**d, "train": {**d["train"], "batch_size": 10}})
-    setup = setup_run(single)
-    trainer = build_trainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
-    for _ in range(STEPS):
-        trainer.train_step()
-    ray_state = final_state(summary)
-    for name, p in trainer.model.named_parameters():
-        assert torch.allclose(p.detach(), ray_state[name], atol=1e-5), name
+    trainer = assert_equals_one_process(cfg, 10, STEPS, final_state(summary))
     assert summary["examples_seen"] == trainer.examples_seen == STEPS * 2 * 10
     trained = {k[5:] for r in records(summary) for k in r if k.startswith("loss/")}
     assert trained == {"sentiment", "score", "match"}

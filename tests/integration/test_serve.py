@@ -11,10 +11,7 @@ while the encoder keeps answering, a tampered checkpoint failing its deploy with
 from __future__ import annotations
 
 import copy
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -30,53 +27,20 @@ SERVING_TESTS = Path(__file__).resolve().parents[1] / "serving"
 if str(SERVING_TESTS) not in sys.path:
     sys.path.insert(0, str(SERVING_TESTS))
 
+from ray_helpers import checkpoint_and_new_head, offer_head, replica_info, serve_cluster, serve_run, wait_for_app  # noqa: E402
 from serving_helpers import PAIRS, TEXTS, assert_predictions_close, make_checkpoint  # noqa: E402
 
 from mtl_ray.cli import main  # noqa: E402
 from mtl_ray.predictor import Predictor  # noqa: E402
 from mtl_ray.tasks.base import TaskSpec  # noqa: E402
-from mtl_ray.testing import make_tiny_encoder  # noqa: E402
 
 KEY = "integration-key"
-SERVE_BIN = str(Path(sys.executable).parent / "serve")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_app(name: str, timeout_s: float = 150.0):
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        app = serve.status().applications.get(name)
-        if app is not None and app.status in ("RUNNING", "DEPLOY_FAILED"):
-            return app
-        time.sleep(0.5)
-    raise TimeoutError(f"app {name!r} not RUNNING after {timeout_s} s: {serve.status().applications.get(name)}")
-
-
-def serve_run(config: Path, gcs_address: str) -> None:
-    """`serve run FILE --non-blocking` in a subprocess: deploys declaratively (what `serve deploy` does)."""
-    proc = subprocess.run(
-        [SERVE_BIN, "run", str(config), "--non-blocking", "-a", gcs_address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-int")
-    encoder = make_tiny_encoder(root / "encoder")
-    main_ck = make_checkpoint(root / "main", encoder, sharing_depth=2)
-    new_head = make_checkpoint(root / "new-head", encoder, sharing_depth=2, head_seed=7)
+    encoder, main_ck, new_head = checkpoint_and_new_head(root, "main", "new-head")
     extra_spec = {"extra": TaskSpec("extra", "classification", ("x", "y", "z"), ("accuracy",), max_length=32)}
     extra = make_checkpoint(root / "extra", encoder, sharing_depth=2, head_seed=3, specs=extra_spec)
     foreign = make_checkpoint(root / "foreign", encoder, sharing_depth=2, perturb_encoder=True)
@@ -100,26 +64,8 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    import ray
-    from ray import serve
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    temp_dir = tempfile_short()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp_dir)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        yield {"gcs": ray.get_runtime_context().gcs_address, "port": port}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def tempfile_short() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
+    with serve_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -190,12 +136,6 @@ def test_api_key_docs_and_tasks(app):
         assert anonymous.get("/docs").status_code == 200
     tasks = {t["name"]: t for t in app["client"].get("/v1/tasks").json()["tasks"]}
     assert tasks["match"]["input"] == "pairs" and tasks["sentiment"]["labels"] == ["neg", "pos"]
-
-
-def replica_info(deployment: str) -> dict:
-    from ray import serve
-
-    return serve.get_deployment_handle(deployment, app_name="mtl").info.remote().result(timeout_s=30)
 
 
 def test_a_head_is_replaced_in_place_while_the_encoder_keeps_answering(app, cluster, checkpoints):
@@ -324,16 +264,8 @@ def test_a_tampered_checkpoint_fails_its_deploy_with_a_clear_message(app, cluste
 
 def test_a_head_from_another_encoder_is_refused_and_the_old_one_keeps_serving(app, cluster, checkpoints):
     before = app["client"].post("/v1/predict", json={"texts": TEXTS, "tasks": ["score"]}).json()
-    config = yaml.safe_load(app["config"].read_text())
-    head = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Head-score")
-    head["user_config"] = {"checkpoint": str(checkpoints["foreign"])}
-    path = app["config"].with_name("config-foreign.yaml")
-    path.write_text(yaml.safe_dump(config))
-    serve_run(path, cluster["gcs"])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not replica_info("Head-score")["refused"]:
-        time.sleep(0.3)
-    info = replica_info("Head-score")
+    foreign = app["config"].with_name("config-foreign.yaml")
+    info = offer_head(app["config"], "score", checkpoints["foreign"], foreign, cluster["gcs"], timeout_s=30)
     assert "different shared encoder weights" in info["refused"]
     assert info["checkpoint"] == str(checkpoints["main"])
     after = app["client"].post("/v1/predict", json={"texts": TEXTS, "tasks": ["score"]})

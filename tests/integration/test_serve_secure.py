@@ -11,7 +11,6 @@ import base64
 import datetime
 import ipaddress
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,15 +25,14 @@ SERVING_TESTS = Path(__file__).resolve().parents[1] / "serving"
 if str(SERVING_TESTS) not in sys.path:
     sys.path.insert(0, str(SERVING_TESTS))
 
-from serving_helpers import TEXTS, assert_predictions_close, make_checkpoint  # noqa: E402
-from test_serve import free_port, serve_run, tempfile_short, wait_for_app  # noqa: E402
+from ray_helpers import checkpoint_and_new_head, offer_head, serve_cluster, serve_run, wait_for_app  # noqa: E402
+from serving_helpers import TEXTS, assert_predictions_close  # noqa: E402
 
 from mtl_ray import signing  # noqa: E402
 from mtl_ray.checkpoint_rewrite import rewrite_checkpoint  # noqa: E402
 from mtl_ray.cli import main  # noqa: E402
 from mtl_ray.crypto import CheckpointKeys  # noqa: E402
 from mtl_ray.predictor import Predictor  # noqa: E402
-from mtl_ray.testing import make_tiny_encoder  # noqa: E402
 
 KEY_ENV = "MTL_RAY_TEST_SERVE_KEY"
 
@@ -76,9 +74,7 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-secure")
-    encoder = make_tiny_encoder(root / "encoder")
-    plain = make_checkpoint(root / "plain", encoder, sharing_depth=2)
-    plain_head = make_checkpoint(root / "plain-head", encoder, sharing_depth=2, head_seed=7)
+    _, plain, plain_head = checkpoint_and_new_head(root, "plain", "plain-head")
     for who in ("owner", "other"):
         private, public = signing.generate_keypair()
         (root / f"{who}.pem").write_bytes(private)
@@ -103,21 +99,8 @@ def secure(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(secure):
-    import ray
-    from ray import serve
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    temp_dir = tempfile_short()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp_dir)
-    port = free_port()
-    tls = {"ssl_certfile": str(secure["cert"]), "ssl_keyfile": str(secure["tls_key"])}
-    serve.start(http_options={"host": "127.0.0.1", "port": port, **tls})
-    try:
-        yield {"gcs": ray.get_runtime_context().gcs_address, "port": port}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with serve_cluster(tls={"ssl_certfile": str(secure["cert"]), "ssl_keyfile": str(secure["tls_key"])}) as cluster:
+        yield cluster
 
 
 def build(secure, cluster, checkpoint: Path, out: Path) -> dict:
@@ -160,21 +143,10 @@ def test_answers_over_https_equal_the_predictor(app, secure, cluster):
 
 
 def test_a_head_signed_by_another_key_is_refused_while_the_old_one_serves(app, secure, cluster):
-    from ray import serve
-
     before = app["client"].post("/v1/predict", json={"texts": TEXTS, "tasks": ["sentiment"]}).json()["predictions"]
-    config = yaml.safe_load(app["config_file"].read_text())
-    head = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Head-sentiment")
-    head["user_config"] = {"checkpoint": str(secure["foreign_head"])}
     swapped = app["config_file"].with_name("serve-foreign-head.yaml")
-    swapped.write_text(yaml.safe_dump(config))
-    serve_run(swapped, cluster["gcs"])
-    handle = serve.get_deployment_handle("Head-sentiment", app_name="mtl")
-    deadline = time.monotonic() + 60
-    refused = None
-    while time.monotonic() < deadline and not refused:
-        refused = handle.info.remote().result(timeout_s=30).get("refused")
-        time.sleep(0.5)
+    config, foreign = app["config_file"], secure["foreign_head"]
+    refused = offer_head(config, "sentiment", foreign, swapped, cluster["gcs"], timeout_s=60)["refused"]
     assert refused and "the signature does not verify with the trusted public key" in refused
     after = app["client"].post("/v1/predict", json={"texts": TEXTS, "tasks": ["sentiment"]}).json()["predictions"]
     assert after == before

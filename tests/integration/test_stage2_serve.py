@@ -31,13 +31,14 @@ if str(SERVING_TESTS) not in sys.path:
     sys.path.insert(0, str(SERVING_TESTS))
 
 from helpers import tiny_config_dict, write_tiny_tasks  # noqa: E402
+from ray_helpers import stop_process  # noqa: E402
 from serving_helpers import assert_predictions_close  # noqa: E402
-from test_serve import free_port  # noqa: E402
 
 from mtl_ray.checkpoint import read_tensors  # noqa: E402
 from mtl_ray.cli import main  # noqa: E402
 from mtl_ray.config import config_from_dict  # noqa: E402
 from mtl_ray.predictor import Predictor  # noqa: E402
+from mtl_ray.ray.local_cluster import free_port  # noqa: E402
 from mtl_ray.serving.checkpoint_info import numpy_fingerprint, read_checkpoint_info, shared_fingerprint  # noqa: E402
 from mtl_ray.training.run import train  # noqa: E402
 
@@ -90,12 +91,7 @@ def test_stage1_then_stage2_then_serve_answers_equal_the_predictor(tiny_encoder_
             r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", json={"texts": TEXTS}, timeout=60)
             assert r.status_code == 200, r.text
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+            stop_process(proc, signal.SIGINT, timeout_s=90)
     served = r.json()["predictions"]
     assert sorted(served) == ["score", "sentiment"]
     assert_predictions_close(served, Predictor.from_checkpoint(final, device="cpu").predict(texts=TEXTS))

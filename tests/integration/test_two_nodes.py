@@ -24,14 +24,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from helpers import tiny_config_dict
+from helpers import assert_equals_one_process, tiny_config_dict
 
 from mtl_ray.checkpoint import load_checkpoint
-from mtl_ray.config import config_from_dict, config_to_dict
+from mtl_ray.config import config_from_dict
 from mtl_ray.ray.local_cluster import committed_checkpoints, free_port, two_node_cluster
 from mtl_ray.ray.train import run_ray_training
-from mtl_ray.training.builders import build_trainer
-from mtl_ray.training.run import setup_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -75,16 +73,8 @@ def test_spread_run_puts_one_worker_per_node_and_equals_one_process(two_nodes, s
     cfg, summary = spread_run
     assert sorted(summary["rank_node_ids"]) == sorted([head.node_id, worker.node_id])
     # one process, batch 16 = 8 per worker × 2 workers: the same global batches
-    d = config_to_dict(cfg)
-    single = config_from_dict({**d, "train": {**d["train"], "batch_size": 16}})
-    setup = setup_run(single)
-    trainer = build_trainer(single, setup.model, setup.data, setup.tokenizer.pad_token_id, device="cpu")
-    for _ in range(STEPS):
-        trainer.train_step()
     run = Path(summary["output_dir"])
-    state = load_checkpoint(run / f"step-{STEPS:07d}").model_state
-    for name, p in trainer.model.named_parameters():
-        assert torch.allclose(p.detach(), state[name], atol=1e-5), name
+    assert_equals_one_process(cfg, 16, STEPS, load_checkpoint(run / f"step-{STEPS:07d}").model_state)
     # everything in the shared storage's run folder
     assert run.parent == Path(cfg.ray.storage_path)
     names = {p.name for p in run.iterdir()}

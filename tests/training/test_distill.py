@@ -220,22 +220,25 @@ def test_label_type_and_tokenizer_mismatches_fail_before_training(
     base["data"]["cache_dir"] = str(teachers.parent / "cache")
     teacher = best(teachers / "sentiment")
 
-    d = json.loads(json.dumps(base))
-    d["tasks"]["sentiment"]["label_names"] = ["pos", "neg"]
-    d["train"]["distill_from"] = str(teacher)
-    with pytest.raises(ConfigError) as exc:
-        build(config_from_dict(d))
-    assert str(exc.value) == (
+    def build_error(teacher, sentiment: dict | None = None) -> str:
+        """The ConfigError of a student of ``base`` (its task "sentiment" replaced by ``sentiment``) that
+        distills from ``teacher``."""
+        d = json.loads(json.dumps(base))
+        if sentiment is not None:
+            d["tasks"]["sentiment"] = sentiment
+        d["train"]["distill_from"] = str(teacher)
+        with pytest.raises(ConfigError) as exc:
+            build(config_from_dict(d))
+        return str(exc.value)
+
+    assert build_error(teacher, {**base["tasks"]["sentiment"], "label_names": ["pos", "neg"]}) == (
         f"train.distill_from: task 'sentiment': teacher {teacher} has labels ['neg', 'pos'], the student has "
         "['pos', 'neg'] (the same classes in another order)"
     )
 
-    d = json.loads(json.dumps(base))  # a student task "sentiment" that is a regression
-    d["tasks"]["sentiment"] = {"type": "regression", "source": str(tiny_task_files["score"]), "max_length": 32}
-    d["train"]["distill_from"] = str(teacher)
-    with pytest.raises(ConfigError) as exc:
-        build(config_from_dict(d))
-    assert str(exc.value) == (
+    # a student task "sentiment" that is a regression
+    regression = {"type": "regression", "source": str(tiny_task_files["score"]), "max_length": 32}
+    assert build_error(teacher, regression) == (
         f"train.distill_from: task 'sentiment': teacher {teacher} trained it as classification, this config has "
         "regression"
     )
@@ -248,11 +251,7 @@ def test_label_type_and_tokenizer_mismatches_fail_before_training(
     swapped["good"], swapped["bad"] = swapped["bad"], swapped["good"]
     other = BertTokenizerFast(vocab=swapped, do_lower_case=True)
     wrong = fake_teacher(config_from_dict(base), tmp_path / "wrong-tokenizer", tokenizer=other)
-    d = json.loads(json.dumps(base))
-    d["train"]["distill_from"] = str(wrong)
-    with pytest.raises(ConfigError) as exc:
-        build(config_from_dict(d))
-    assert str(exc.value) == (
+    assert build_error(wrong) == (
         f"train.distill_from: task 'sentiment': teacher {wrong.resolve()} has a different tokenizer than "
         f"model.encoder {str(tiny_encoder_dir)!r} (vocabularies of {len(vocab)} tokens that differ in 2 entries); "
         "it would read other token ids than the student"
