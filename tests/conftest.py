@@ -4,6 +4,7 @@ config factory."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,24 @@ def tiny_config(tiny_encoder_dir, tiny_task_files, tmp_path):
         return config_from_dict(d)
 
     return make
+
+
+# The multi-process tier runs under pytest-xdist with one test file per worker (``--dist loadfile``,
+# Makefile). xdist hands files out in collection order (``--no-loadscope-reorder``); the longest ones go
+# first so that no long file starts last and the workers finish together. Roughly longest first (the
+# serial minutes on 2 idle cores are in README.md, "Tests"); files not listed keep their order after them.
+LONGEST_FIRST = (
+    "tests/integration/test_ray_tune.py",
+    "tests/bench/test_quality_smoke.py",
+    "tests/integration/test_ray_train.py",
+    "tests/integration/test_jobs.py",
+    "tests/integration/test_serve.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a plain pytest run keeps the file order
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    root = Path(str(config.rootpath))
+    items.sort(key=lambda item: rank.get(Path(str(item.path)).relative_to(root).as_posix(), len(rank)))
