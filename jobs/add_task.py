@@ -48,8 +48,7 @@ def add_task(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # the other entrypoints check the interpreter first; this one never has (kept as it was)
-    return run_job(__file__, lambda: add_task(args), check_interpreter=False)
+    return run_job(__file__, lambda: add_task(args))
 
 
 if __name__ == "__main__":

@@ -39,17 +39,20 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = job_parser(__file__, __doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--output", default=None, help="write the metrics JSON here (local path or fsspec URI)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the checkpoint's config (data.*)")
-    from mtl_ray.checkpoint_cli import add_key_args
+    from mtl_ray.checkpoint_cli import add_key_args  # needs `cryptography`: after the interpreter check
 
     add_key_args(p)  # --key-env / --key-file (encrypted checkpoints), --public-key (refuse unsigned ones)
-    args = p.parse_args(argv)
-    return run_job(__file__, lambda: evaluate(args))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(__file__, lambda: evaluate(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -36,11 +36,25 @@ def test_missing_dependencies_outside_a_job_name_the_interpreter():
         check_job_interpreter(str(REPO / "jobs" / "train.py"), required=("no_such_pkg_h16",))
 
 
-def test_job_script_without_dependencies_prints_one_error_line(tmp_path):
-    """A python that has none of the dependencies (-S -I: no site-packages) runs jobs/train.py from a
+JOB_ARGS = {
+    "train.py": ["--config", "x.yaml"],
+    "tune.py": ["--config", "x.yaml"],
+    "add_task.py": ["--checkpoint", "ck", "--config", "x.yaml", "--output", "out"],
+    "deploy.py": ["--checkpoint", "ck"],
+    "evaluate.py": ["--checkpoint", "ck"],
+}
+
+
+def test_every_job_script_is_listed():
+    assert sorted(JOB_ARGS) == sorted(p.name for p in (REPO / "jobs").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", sorted(JOB_ARGS))
+def test_job_script_without_dependencies_prints_one_error_line(tmp_path, script):
+    """A python that has none of the dependencies (-S -I: no site-packages) runs a jobs/ script from a
     copy of the repo the way a job does: one `error:` line, exit 2, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-S", "-I", str(REPO / "jobs" / "train.py"), "--config", "x.yaml"],
+        [sys.executable, "-S", "-I", str(REPO / "jobs" / script), *JOB_ARGS[script]],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr

@@ -60,13 +60,12 @@ def add_address_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, set by Ray Jobs)")
 
 
-def run_job(script: str, body: Callable[[], int], check_interpreter: bool = True) -> int:
-    """An entrypoint's ``main``: check the interpreter (unless told not to), then ``body()``, whose
+def run_job(script: str, body: Callable[[], int]) -> int:
+    """An entrypoint's ``main``: check the interpreter, then ``body()``, whose
     return value is the exit status. A config, data or checkpoint problem (:class:`MtlRayError`) prints
     one ``error:`` line on stderr and exits 2, with no traceback."""
     try:
-        if check_interpreter:
-            check_job_interpreter(script)  # a bare `python` without the deps: say why, no traceback
+        check_job_interpreter(script)  # a bare `python` without the deps: say why, no traceback
         return body()
     except MtlRayError as exc:
         print(f"error: {exc}", file=sys.stderr)
