@@ -145,6 +145,16 @@ def study_arms(num_layers: int) -> list[Arm]:
             settings=BALANCED,
             teachers="single_es",
         ),
+        Arm(
+            "hard_mlm_es",
+            "multi",
+            f"k={L}, balanced + MLM auxiliary, early-stopped",
+            protocol="converged",
+            sharing_depth=L,
+            settings=BALANCED,
+            mlm=True,
+            keep_checkpoints=True,
+        ),
     ]
     for k in (5, 4, 3):
         if k < L:
@@ -159,6 +169,18 @@ def study_arms(num_layers: int) -> list[Arm]:
                     settings={"train.freeze_shared": True, "train.early_stopping_per_task": True},
                 )
             )
+    if 5 < L:  # stage 2 on the MLM-adapted trunk (the mlm task is not carried into stage 2)
+        arms.append(
+            Arm(
+                "tops_mlm_k5",
+                "multi",
+                "MLM-adapted trunk k=5 + per-task tops (stage 2)",
+                protocol="converged",
+                sharing_depth=5,
+                stage1="hard_mlm_es",
+                settings={"train.freeze_shared": True, "train.early_stopping_per_task": True},
+            )
+        )
     # ---- earlier arms, kept runnable (--arms) but out of the default set
     for k in (4, 2, 0):
         if k < L:

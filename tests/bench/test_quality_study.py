@@ -30,7 +30,7 @@ def _base():
 
 def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
     names = [a.name for a in study_arms(6)]
-    assert names[:12] == [
+    assert names[:13] == [
         "single_task",
         "hard_sharing",
         "hard_proportional",
@@ -43,11 +43,13 @@ def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
         "single_es",
         "hard_es",
         "hard_kd_es",
+        "hard_mlm_es",
     ]
-    assert names[12:] == [
+    assert names[13:] == [
         "tops_k5",
         "tops_k4",
         "tops_k3",
+        "tops_mlm_k5",
         "depth_k4",
         "depth_k2",
         "depth_k0",
@@ -115,6 +117,18 @@ def test_converged_runs_early_stop_under_a_cap_and_stage2_starts_from_the_best_s
     assert {r.config["train"]["early_stopping_patience"] for r in (single, hard, tops)} == {3}
     assert tops.config["model"]["init_from"] == "@best:hard_es/seed2"
     assert tops.config["model"]["sharing_depth"] == 4 and tops.config["train"]["freeze_shared"] is True
+
+
+def test_stage2_on_the_mlm_trunk_starts_from_the_early_stopped_mlm_run_without_the_mlm_task():
+    arms = with_dependencies(study_arms(6), [a for a in study_arms(6) if a.name == "tops_mlm_k5"])
+    assert [a.name for a in arms] == ["hard_mlm_es", "tops_mlm_k5"]
+    by_id = {r.run_id: r for r in build_runs(_base(), arms, [1], 100, "/out")}
+    stage1, tops = by_id["hard_mlm_es/seed1"], by_id["tops_mlm_k5/seed1"]
+    assert stage1.config["tasks"][MLM]["type"] == "mlm" and stage1.config["train"]["early_stopping_patience"] == 4
+    assert stage1.arm.keep_checkpoints and stage1.steps == Budget().multi_max_steps
+    assert MLM not in tops.config["tasks"] and tops.config["model"]["init_from"] == "@best:hard_mlm_es/seed1"
+    assert tops.config["model"]["sharing_depth"] == 5 and tops.config["train"]["early_stopping_per_task"] is True
+    assert "tops_mlm_k5" not in [a.name for a in study_arms(5)]  # k must be < L
 
 
 def test_too_few_steps_for_the_tasks_is_an_error():

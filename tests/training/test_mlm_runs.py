@@ -140,3 +140,33 @@ def test_stage_0_an_mlm_only_run_initialises_a_later_multi_task_run(tiny_encoder
     pretrained, _ = build_model(config(tiny_encoder_dir, tiny_task_files, tmp_path / "plain"), specs)
     emb = "embeddings.word_embeddings.weight"
     assert not torch.equal(pretrained.shared.state_dict()[emb], adapted[emb])  # stage 0 did train the embeddings
+
+
+def test_stage_2_from_a_mix_with_mlm_keeps_the_trunk_and_leaves_the_mlm_task_behind(
+    tiny_encoder_dir, tiny_task_files, tmp_path
+):
+    stage1 = config(tiny_encoder_dir, tiny_task_files, tmp_path / "s1", sampler="uniform", max_steps=4, eval_every=4)
+    best = train(stage1, progress=False)["best_checkpoint"]
+    saved = read_tensors(best, "")
+    model1, _ = build_model(stage1, load_specs_and_splits(stage1)[0])
+    assert model1.sharing_depth == model1.num_layers  # stage 1: hard sharing (k = L)
+    k = model1.num_layers - 1
+
+    stage2 = config(
+        tiny_encoder_dir,
+        tiny_task_files,
+        tmp_path / "s2",
+        tasks=("sentiment",),
+        model={"init_from": str(best), "sharing_depth": k},
+        freeze_shared=True,
+    )
+    model, _ = build_model(stage2, load_specs_and_splits(stage2)[0])
+    state = model.state_dict()
+    assert not any(key.startswith(("heads.mlm", "task_layers.mlm")) for key in state)
+    for key, value in saved.items():
+        if key.startswith("shared.") and not key.startswith(f"shared.layers.{k}."):
+            assert torch.equal(state[key], value), key  # embeddings and layers 1..k, bit-identical
+        if key.startswith(f"shared.layers.{k}."):  # layer k+1 of stage 1 is the sentiment tower's first layer
+            assert torch.equal(state["task_layers.sentiment.0." + key[len(f"shared.layers.{k}.") :]], value), key
+        if key.startswith("heads.sentiment."):
+            assert torch.equal(state[key], value), key
