@@ -83,6 +83,7 @@ class Arm:
 
 
 BALANCED = {"train.sampler": "balanced"}
+TOPS = {"train.freeze_shared": True, "train.early_stopping_per_task": True}  # stage 2 on a frozen trunk
 
 
 def study_arms(num_layers: int) -> list[Arm]:
@@ -166,7 +167,7 @@ def study_arms(num_layers: int) -> list[Arm]:
                     protocol="converged",
                     sharing_depth=k,
                     stage1="hard_es",
-                    settings={"train.freeze_shared": True, "train.early_stopping_per_task": True},
+                    settings=TOPS,
                 )
             )
     if 5 < L:  # stage 2 on the MLM-adapted trunk (the mlm task is not carried into stage 2)
@@ -178,7 +179,7 @@ def study_arms(num_layers: int) -> list[Arm]:
                 protocol="converged",
                 sharing_depth=5,
                 stage1="hard_mlm_es",
-                settings={"train.freeze_shared": True, "train.early_stopping_per_task": True},
+                settings=TOPS,
             )
         )
     # ---- earlier arms, kept runnable (--arms) but out of the default set

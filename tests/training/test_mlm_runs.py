@@ -163,6 +163,7 @@ def test_stage_2_from_a_mix_with_mlm_keeps_the_trunk_and_leaves_the_mlm_task_beh
     model, _ = build_model(stage2, load_specs_and_splits(stage2)[0])
     state = model.state_dict()
     assert not any(key.startswith(("heads.mlm", "task_layers.mlm")) for key in state)
+    assert any(key.startswith("heads.sentiment.") for key in saved)  # the head comparison below is not empty
     for key, value in saved.items():
         if key.startswith("shared.") and not key.startswith(f"shared.layers.{k}."):
             assert torch.equal(state[key], value), key  # embeddings and layers 1..k, bit-identical
