@@ -14,8 +14,9 @@ checkpoint scored). Recipes: samplers (temperature, proportional, uniform, annea
 mixed-task batches with loss scaling, distillation from the single-task models, MLM on in-domain text,
 and a shared trunk k < L with per-task tops trained on it (stage 2).
 
-Resumable: a run whose ``result.json`` exists is not rerun; an interrupted run's folder is cleared and
-the run restarts. Parallel: study processes sharing one ``--out`` (``--seeds 0`` / ``--seeds 1`` ...)
+Resumable: a run whose ``result.json`` exists is not rerun; an interrupted run resumes exactly from the
+latest checkpoint it kept (every ``train.eval_every`` steps) when its folder holds the same config,
+else its folder is cleared and the run restarts. Parallel: study processes sharing one ``--out`` (``--seeds 0`` / ``--seeds 1`` ...)
 claim runs with lock files, so each run is trained once; a run whose teachers or stage-1 model are not
 finished is skipped (run the study again). Checkpoints are deleted after each run unless another arm
 reads them (teachers, stage 1) or ``--keep-checkpoints``. Writes ``<out>/report.md``,
@@ -165,19 +166,21 @@ def count_params(checkpoint: Path) -> int:
 
 def run_one(run: Run, keep_checkpoints: bool, study_runs: Path) -> dict[str, Any]:
     """Train one run in this process (stdout to ``<run>/train.log``); write its ``result.json``."""
-    from mtl_ray.config import config_from_dict
+    from mtl_ray.config import config_from_dict, dump_config
     from mtl_ray.training.run import train
 
     config = resolve(run.config, study_runs)
     out = Path(run.config["train"]["output_dir"])
-    if out.exists():
-        shutil.rmtree(out)  # an interrupted attempt: start it over (metrics.jsonl would append)
-    out.mkdir(parents=True)
     cfg = config_from_dict(config)
+    resume = resume_point(out, dump_config(cfg))
+    if out.exists() and resume is None:
+        shutil.rmtree(out)  # an interrupted attempt of another config, or one that kept no checkpoint
+    out.mkdir(parents=True, exist_ok=True)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        summary = train(cfg, progress=False)
-    (out / "train.log").write_text(log.getvalue(), encoding="utf-8")
+        summary = train(cfg, resume_from=resume, progress=False)
+    with open(out / "train.log", "a", encoding="utf-8") as f:
+        f.write(log.getvalue())
     ckpt = Path(summary["best_checkpoint"])
     result = {
         "arm": run.arm.name,
@@ -187,6 +190,7 @@ def run_one(run: Run, keep_checkpoints: bool, study_runs: Path) -> dict[str, Any
         "steps": summary["steps"],
         "max_steps": run.steps,
         "best_step": summary.get("best_step"),
+        "resumed_from_step": summary.get("resumed_from_step"),
         "best_checkpoint": str(ckpt.relative_to(out)),
         "params": count_params(ckpt),
         "train_seconds": summary["train_seconds"],
@@ -200,6 +204,24 @@ def run_one(run: Run, keep_checkpoints: bool, study_runs: Path) -> dict[str, Any
     tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
     tmp.replace(out / RESULT)
     return result
+
+
+def resume_point(out: Path, config_text: str) -> Path | None:
+    """An interrupted attempt of this run to continue: its latest readable ``step-*`` checkpoint, when
+    the attempt's ``config.yaml`` is ``config_text`` (the same run); None: start over."""
+    from mtl_ray.checkpoint import load_meta
+    from mtl_ray.errors import CheckpointError
+
+    saved = out / "config.yaml"
+    if not saved.is_file() or saved.read_text(encoding="utf-8") != config_text:
+        return None
+    for path in sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir()), reverse=True):
+        try:
+            load_meta(path)
+        except CheckpointError:
+            continue  # torn or foreign: an older one may still do
+        return path
+    return None
 
 
 def load_results(runs: list[Run]) -> list[dict[str, Any]]:

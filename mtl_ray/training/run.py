@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
+from mtl_ray.checkpoint import load_meta
 from mtl_ray.config import Config, dump_config
 from mtl_ray.crypto import CheckpointKeys
+from mtl_ray.errors import CheckpointError
 from mtl_ray.training.builders import TaskData, build_model, build_trainer, load_specs_and_splits, tokenize_tasks
 from mtl_ray.training.checkpointing import check_resume_compatible, load_for_resume, save_training_checkpoint
 from mtl_ray.training.loop import MultiTaskTrainer, fit
@@ -87,13 +89,28 @@ def baselines(data: dict[str, TaskData], split: str = "test") -> dict[str, dict[
     return out
 
 
-def restore_trainer(trainer: MultiTaskTrainer, cfg: Config, path: str | Path) -> None:
+def restore_trainer(trainer: MultiTaskTrainer, cfg: Config, path: str | Path) -> dict[str, Any]:
     """Load model weights and the full training state (exact resume) from a checkpoint directory,
-    after checking it was trained on the same tasks, encoder and sharing depth."""
+    after checking it was trained on the same tasks, encoder and sharing depth; returns its meta."""
     ckpt = load_for_resume(path, CheckpointKeys.from_config(cfg.checkpoint))
     check_resume_compatible(ckpt, cfg, trainer.model)
     trainer.model.load_state_dict(ckpt.model_state)
     trainer.load_state_dict(ckpt.training_state)
+    return ckpt.meta
+
+
+def seconds_before(meta: dict[str, Any], history: list[dict[str, Any]], step: int) -> float:
+    """Training seconds a resumed run had spent up to its checkpoint at ``step``: the checkpoint's own
+    ``train_seconds``, or (a checkpoint written without it) an estimate from the ``time`` stamps of
+    the ``metrics.jsonl`` records kept up to ``step``, scaled to cover steps 0..step."""
+    saved = (meta.get("metrics") or {}).get("train_seconds")
+    if saved is not None:
+        return float(saved)
+    stamps = sorted((float(r["step"]), float(r["time"])) for r in history if "time" in r and "step" in r)
+    if len(stamps) < 2 or stamps[-1][0] <= stamps[0][0]:
+        return 0.0
+    (s0, t0), (s1, t1) = stamps[0], stamps[-1]
+    return (t1 - t0) * step / (s1 - s0)
 
 
 class EvalCheckpointer:
@@ -122,12 +139,14 @@ class EvalCheckpointer:
         publish: Publish | None = None,
         extra: dict[str, Any] | None = None,
         echo: Callable[[str], None] = lambda msg: print(msg, flush=True),
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if publish is None and checkpoint_dir is None:
             raise ValueError("EvalCheckpointer: give checkpoint_dir (keep locally) or publish (hand over)")
         self.cfg, self.trainer, self.tokenizer = cfg, trainer, tokenizer
         self.writer, self.recorder, self.checkpoint_dir = writer, recorder, checkpoint_dir
         self.publish, self.extra, self.echo = publish, dict(extra or {}), echo
+        self.clock = clock  # training seconds so far, saved with each checkpoint (resume adds on)
         self.best_aggregate = float("-inf")
         self.best_checkpoint: Path | None = None
         self.best_step: int | None = None
@@ -157,8 +176,24 @@ class EvalCheckpointer:
             self.trainer.model,
             self.tokenizer,
             self.trainer.state_dict(),
-            {"validation": per_task, "aggregate": aggregate},
+            {"validation": per_task, "aggregate": aggregate}
+            | ({"train_seconds": self.clock()} if self.clock is not None else {}),
         )
+
+    def adopt(self, step: int) -> None:
+        """A run resumed in its own ``checkpoint_dir`` at ``step``: the best of the checkpoints it kept
+        up to ``step`` (by their saved aggregate) stays the best, so it is neither forgotten nor rotated
+        out by the evaluations after the resume. Checkpoints past ``step`` (the abandoned attempt's) do
+        not compete."""
+        assert self.checkpoint_dir is not None
+        for path in sorted(p for p in self.checkpoint_dir.glob("step-*") if p.is_dir()):
+            try:
+                at = int(path.name.removeprefix("step-"))
+                aggregate = float(load_meta(path)["metrics"]["aggregate"])
+            except (ValueError, KeyError, TypeError, CheckpointError):
+                continue  # not one of this run's checkpoints
+            if at <= step and aggregate > self.best_aggregate:
+                self.best_aggregate, self.best_checkpoint, self.best_step = aggregate, path, at
 
     def _keep(self, new: Path, aggregate: float, step: int) -> None:
         """Keep the best checkpoint by validation aggregate and the most recent ones."""
@@ -207,9 +242,10 @@ def train(cfg: Config, resume_from: str | Path | None = None, progress: bool = T
     (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     setup = setup_run(cfg)
     trainer = build_trainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id)
-    if resume_from is not None:
-        restore_trainer(trainer, cfg, resume_from)
-    recorder = RunRecorder(out)
+    meta = restore_trainer(trainer, cfg, resume_from) if resume_from is not None else {}
+    resumed_at = trainer.step
+    recorder = open_recorder(out, resumed_at)  # a resumed run keeps its records up to resumed_at
+    before = seconds_before(meta, recorder.history, resumed_at) if resumed_at else 0.0
     bar = _progress_bar(cfg.train.max_steps, trainer.step, progress)
 
     def echo(line: str) -> None:
@@ -220,15 +256,23 @@ def train(cfg: Config, resume_from: str | Path | None = None, progress: bool = T
         echo(format_log_line(metrics, cfg.train.max_steps))
 
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    on_eval = EvalCheckpointer(
-        cfg, trainer, setup.tokenizer, recorder=recorder, checkpoint_dir=out / "checkpoints", echo=echo
-    )
     start = time.perf_counter()
+    on_eval = EvalCheckpointer(
+        cfg,
+        trainer,
+        setup.tokenizer,
+        recorder=recorder,
+        checkpoint_dir=out / "checkpoints",
+        echo=echo,
+        clock=lambda: before + time.perf_counter() - start,
+    )
+    if resumed_at:
+        on_eval.adopt(resumed_at)
     fit(trainer, on_step=(lambda _: bar.update(1)) if bar else None, on_log=on_log, on_eval=on_eval)
     if bar is not None:
         bar.close()
     recorder.close()
-    elapsed = time.perf_counter() - start
+    elapsed = before + time.perf_counter() - start
     summary = {
         "output_dir": str(out),
         "steps": trainer.step,
@@ -237,6 +281,7 @@ def train(cfg: Config, resume_from: str | Path | None = None, progress: bool = T
         "best_checkpoint": str(on_eval.best_checkpoint) if on_eval.best_checkpoint else None,
         "best_validation_aggregate": on_eval.best_aggregate,
         "best_step": on_eval.best_step,
+        "resumed_from_step": resumed_at or None,
         **test_results(trainer, setup.data),
     }
     return write_run_outputs(out, summary, recorder.history)

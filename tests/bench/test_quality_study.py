@@ -273,3 +273,21 @@ def test_a_teacher_run_without_its_checkpoints_is_not_finished(tmp_path):
     assert study.finished(teacher) is False  # distillation reads them: retrained
     (Path(teacher.config["train"]["output_dir"]) / "checkpoints").mkdir()
     assert study.finished(teacher) is True
+
+
+def test_an_interrupted_run_resumes_from_its_latest_readable_checkpoint_of_the_same_config(tmp_path):
+    import study
+    import torch
+
+    from mtl_ray.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    assert study.resume_point(out, "a: 1\n") is None  # never started
+    out.mkdir()
+    (out / "config.yaml").write_text("a: 1\n")
+    assert study.resume_point(out, "a: 1\n") is None  # started, no checkpoint kept yet: start over
+    for step in (100, 200, 300):
+        save_checkpoint(out / "checkpoints" / f"step-{step:07d}", model_state={"w": torch.zeros(2)}, meta={"s": step})
+    (out / "checkpoints" / "step-0000300" / "meta.json").write_text("{}")  # torn: fails its sha256
+    assert study.resume_point(out, "a: 1\n") == out / "checkpoints" / "step-0000200"
+    assert study.resume_point(out, "a: 2\n") is None  # another config: its checkpoints are not this run's

@@ -2,7 +2,9 @@
 scores its best checkpoint (not the last), exact resume of the counters and best weights, rank
 agreement under torch.distributed, config errors."""
 
+import json
 import math
+import shutil
 import socket
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from mtl_ray.checkpoint import load_meta
 from mtl_ray.config import config_from_dict
 from mtl_ray.errors import ConfigError
 from mtl_ray.evaluate import evaluate_checkpoint
@@ -86,6 +89,25 @@ def test_resume_keeps_the_counters_and_the_best_weights(tiny_config, scripted_ag
     resumed = train(es_config(tiny_config, "resumed"), resume_from=_step9(straight), progress=False)
     assert resumed["steps"] == 12 and resumed["early_stopping"] == straight["early_stopping"]
     assert resumed["test"] == straight["test"]  # step 6's weights came back from the step-9 training state
+
+
+def test_a_run_resumed_in_its_own_folder_keeps_its_best_checkpoint_and_history(tiny_config, scripted_aggregate):
+    straight = train(es_config(tiny_config, "straight"), progress=False)
+    cfg = es_config(tiny_config, "own")
+    own = Path(cfg.train.output_dir)
+    shutil.copytree(straight["output_dir"], own)  # killed after logging step 12, before its checkpoint:
+    shutil.rmtree(own / "checkpoints" / "step-0000012")
+    ck9 = own / "checkpoints" / "step-0000009"
+    resumed = train(cfg, resume_from=str(ck9), progress=False)
+    assert resumed["resumed_from_step"] == 9 and resumed["steps"] == 12
+    assert resumed["best_step"] == 6 and resumed["best_checkpoint"] == str(own / "checkpoints" / "step-0000006")
+    assert resumed["test"] == straight["test"]
+    steps = [json.loads(line)["step"] for line in (own / "metrics.jsonl").read_text().splitlines()]
+    straight_steps = [json.loads(line)["step"] for line in Path(straight["output_dir"], "metrics.jsonl").open()]
+    assert steps == straight_steps  # steps 10-12 of the abandoned attempt were dropped, then re-logged once
+    before = load_meta(ck9)["metrics"]["train_seconds"]
+    assert 0 < before < resumed["train_seconds"]  # the time before the resume counts too
+    assert load_meta(own / "checkpoints" / "step-0000012")["metrics"]["train_seconds"] > before
 
 
 def _step9(summary):
