@@ -211,11 +211,12 @@ def resume_point(out: Path, config_text: str) -> Path | None:
     the attempt's ``config.yaml`` is ``config_text`` (the same run); None: start over."""
     from mtl_ray.checkpoint import load_meta
     from mtl_ray.errors import CheckpointError
+    from mtl_ray.training.checkpointing import step_checkpoints
 
     saved = out / "config.yaml"
     if not saved.is_file() or saved.read_text(encoding="utf-8") != config_text:
         return None
-    for path in sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir()), reverse=True):
+    for _, path in reversed(step_checkpoints(out / "checkpoints")):
         try:
             load_meta(path)
         except CheckpointError:

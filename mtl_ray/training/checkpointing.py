@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import mtl_ray
-from mtl_ray.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from mtl_ray.checkpoint import LoadedCheckpoint, load_checkpoint, load_meta, save_checkpoint
 from mtl_ray.config import Config, config_from_dict, config_to_dict
 from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.errors import CheckpointError
@@ -18,6 +18,24 @@ from mtl_ray.tasks.base import TaskSpec
 
 FORMAT = "mtl-ray-checkpoint"
 FORMAT_VERSION = 1
+STEP_PREFIX = "step-"  # a run's checkpoints: <checkpoint_dir>/step-0000120, ...
+
+
+def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """A run's ``step-*`` checkpoint folders in ``folder`` as (step, path), oldest first."""
+    found = []
+    for path in folder.glob(STEP_PREFIX + "*") if folder.is_dir() else ():
+        step = path.name.removeprefix(STEP_PREFIX)
+        if path.is_dir() and step.isdigit():
+            found.append((int(step), path))
+    return sorted(found)
+
+
+def saved_aggregate(path: Path) -> float:
+    """The validation aggregate a checkpoint was saved with (-inf: saved without one); a checkpoint
+    whose ``meta.json`` fails its manifest raises :class:`CheckpointError`."""
+    value = (load_meta(path).get("metrics") or {}).get("aggregate")
+    return float(value) if isinstance(value, (int, float)) else float("-inf")
 
 
 def model_meta(cfg: Config, model: MultiTaskModel) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from mtl_ray.model.multitask import MultiTaskModel
 from mtl_ray.tasks.base import TaskSpec, get_task_type
 from mtl_ray.training import distributed as dist_utils
 from mtl_ray.training import teacher_cache
-from mtl_ray.training.checkpointing import FORMAT, model_from_checkpoint
+from mtl_ray.training.checkpointing import FORMAT, model_from_checkpoint, saved_aggregate
 from mtl_ray.training.task_data import TaskData
 
 KEY = "train.distill_from"
@@ -82,12 +82,6 @@ def is_checkpoint(path: Path) -> bool:
     return (path / MANIFEST_FILE).is_file()
 
 
-def _aggregate(ckpt: Path) -> float:
-    metrics = load_meta(ckpt).get("metrics") or {}
-    value = metrics.get("aggregate")
-    return float(value) if isinstance(value, (int, float)) else float("-inf")
-
-
 def best_of_run(run: Path) -> Path | None:
     """A run folder's best checkpoint: ``summary.json``'s ``best_checkpoint`` (``--no-ray`` and Ray Train
     runs write it), else the one with the highest validation aggregate under ``checkpoints/`` (``--no-ray``)
@@ -102,7 +96,7 @@ def best_of_run(run: Path) -> Path | None:
     found = [p for d in (run / "checkpoints", run) if d.is_dir() for p in sorted(d.iterdir()) if is_checkpoint(p)]
     if not found:
         return None
-    return max(found, key=lambda p: (_aggregate(p), p.name))  # ties: the later step
+    return max(found, key=lambda p: (saved_aggregate(p), p.name))  # ties: the later step
 
 
 def is_run_folder(path: Path) -> bool:

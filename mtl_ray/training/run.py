@@ -19,12 +19,17 @@ from typing import Any
 
 import torch
 
-from mtl_ray.checkpoint import load_meta
 from mtl_ray.config import Config, dump_config
 from mtl_ray.crypto import CheckpointKeys
 from mtl_ray.errors import CheckpointError
 from mtl_ray.training.builders import TaskData, build_model, build_trainer, load_specs_and_splits, tokenize_tasks
-from mtl_ray.training.checkpointing import check_resume_compatible, load_for_resume, save_training_checkpoint
+from mtl_ray.training.checkpointing import (
+    check_resume_compatible,
+    load_for_resume,
+    save_training_checkpoint,
+    saved_aggregate,
+    step_checkpoints,
+)
 from mtl_ray.training.loop import MultiTaskTrainer, fit
 from mtl_ray.training.metrics import format_table, majority_baseline
 from mtl_ray.training.recorder import SCORE_ATTRIBUTE, RunRecorder, flatten_metrics, format_log_line, open_recorder
@@ -186,13 +191,14 @@ class EvalCheckpointer:
         out by the evaluations after the resume. Checkpoints past ``step`` (the abandoned attempt's) do
         not compete."""
         assert self.checkpoint_dir is not None
-        for path in sorted(p for p in self.checkpoint_dir.glob("step-*") if p.is_dir()):
+        for at, path in step_checkpoints(self.checkpoint_dir):
+            if at > step:
+                continue
             try:
-                at = int(path.name.removeprefix("step-"))
-                aggregate = float(load_meta(path)["metrics"]["aggregate"])
-            except (ValueError, KeyError, TypeError, CheckpointError):
-                continue  # not one of this run's checkpoints
-            if at <= step and aggregate > self.best_aggregate:
+                aggregate = saved_aggregate(path)
+            except CheckpointError:
+                continue  # torn: not a candidate
+            if aggregate > self.best_aggregate:
                 self.best_aggregate, self.best_checkpoint, self.best_step = aggregate, path, at
 
     def _keep(self, new: Path, aggregate: float, step: int) -> None:
@@ -201,7 +207,7 @@ class EvalCheckpointer:
             self.best_aggregate, self.best_checkpoint, self.best_step = aggregate, new, step
         assert self.checkpoint_dir is not None
         keep = self.cfg.ray.num_to_keep
-        existing = sorted(p for p in self.checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        existing = [p for _, p in step_checkpoints(self.checkpoint_dir)]
         protected = {self.best_checkpoint, new}
         removable = [p for p in existing if p not in protected]
         while len(existing) > max(keep, 2) and removable:

@@ -16,7 +16,7 @@ from mtl_ray.errors import ConfigError
 from mtl_ray.predictor import Predictor
 from mtl_ray.training import distill
 from mtl_ray.training.builders import build_trainer, load_specs_and_splits
-from mtl_ray.training.checkpointing import save_training_checkpoint
+from mtl_ray.training.checkpointing import save_training_checkpoint, saved_aggregate
 from mtl_ray.training.distill import Distiller, find_teachers
 from mtl_ray.training.evaluation import rows
 from mtl_ray.training.run import setup_run, train
@@ -116,7 +116,7 @@ def test_teachers_are_found_in_a_study_layout_a_run_folder_and_a_checkpoint(teac
     unfinished = tmp_path / "unfinished"
     shutil.copytree(teachers / "score", unfinished)
     (unfinished / "summary.json").unlink()
-    aggregates = {p.name: distill._aggregate(p) for p in (unfinished / "checkpoints").iterdir()}
+    aggregates = {p.name: saved_aggregate(p) for p in (unfinished / "checkpoints").iterdir()}
     assert len(aggregates) == 2 and len(set(aggregates.values())) == 2
     assert distill.best_of_run(unfinished).name == max(aggregates, key=aggregates.get)
     assert find_teachers(str(teachers)) == [score, sentiment]  # <dir>/<task>/checkpoints/..., by name

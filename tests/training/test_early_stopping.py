@@ -168,3 +168,13 @@ def test_config_errors(train, message):
     with pytest.raises(ConfigError) as err:
         config_from_dict({**BASE, "train": train})
     assert str(err.value) == message
+
+
+def test_seconds_before_a_resume_come_from_the_checkpoint_else_from_the_time_stamps():
+    from mtl_ray.training.run import seconds_before
+
+    history = [{"step": 20, "time": 100.0}, {"step": 40, "time": 110.0}, {"step": 60, "time": 120.0}]
+    assert seconds_before({"metrics": {"train_seconds": 42.5}}, history, 60) == 42.5
+    # 40 steps took 20 s: steps 0..60 are estimated at 30 s
+    assert seconds_before({"metrics": {"aggregate": 0.5}}, history, 60) == pytest.approx(30.0)
+    assert seconds_before({}, history[:1], 20) == 0.0  # one stamp: nothing to scale
