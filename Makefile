@@ -23,10 +23,10 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed  ## create/update the virtualenv (torch first, then mtl-ray[dev])
 
 # pytest-xdist workers for the multi-process tier (one test file per worker, longest files first; see
-# README.md, "Tests"). 0 (the default): one process, as measured (44 min 37 s on 2 idle cores). A 3-worker
-# run on a 2-core machine that was also running other jobs (load 10-16) hit the tests' own timeouts (Serve
-# deploys > 150 s, Tune fixtures > 300 s): measure TEST_WORKERS=2 on an idle machine before making it the default.
-TEST_WORKERS ?= 0
+# README.md, "Tests"). 2 (the default), measured side by side on 2 idle cores: 27 min 20 s, against 33 min 51 s
+# in one process (TEST_WORKERS=0); the slowest test then takes 276 s of its 600 s timeout. A 3-worker run on
+# a 2-core machine that was also running other jobs (load 10-16) hit the tests' own timeouts.
+TEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: venv  ## the full suite: unit, then multi-process, integration (real local Ray) and real-asset tests
