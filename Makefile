@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed  ## create/update the virtualenv (torch first, then mtl-ray[dev])
 
 # pytest-xdist workers for the multi-process tier (one test file per worker, longest files first; see
-# README.md, "Tests"). 2 (the default), measured side by side on 2 idle cores: 27 min 20 s, against 33 min 51 s
+# README.md, "Tests"). 2 (the default), measured side by side on 2 idle cores: 24 min 52 s, against 33 min 51 s
 # in one process (TEST_WORKERS=0); the slowest test then takes 276 s of its 600 s timeout. A 3-worker run on
 # a 2-core machine that was also running other jobs (load 10-16) hit the tests' own timeouts.
 TEST_WORKERS ?= 2
