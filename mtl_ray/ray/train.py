@@ -27,6 +27,7 @@ from typing import Any
 from mtl_ray.config import Config, config_from_dict, config_to_dict, dump_config
 from mtl_ray.errors import MtlRayError
 from mtl_ray.ray.storage import RunFolder, check_writable
+from mtl_ray.training.checkpointing import step_checkpoint_name
 from mtl_ray.training.driver import (
     FAULT_RANK_ENV,
     FAULT_STEP_ENV,
@@ -194,7 +195,7 @@ def report_to_ray_train(metrics: dict[str, Any], checkpoint: Path | None) -> Non
     reports (``ray.train.report`` is a barrier); rank 0 attaches the checkpoint."""
     import ray.train
 
-    name = f"step-{int(metrics['step']):07d}"
+    name = step_checkpoint_name(int(metrics["step"]))
     if checkpoint is None:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return

@@ -21,6 +21,11 @@ FORMAT_VERSION = 1
 STEP_PREFIX = "step-"  # a run's checkpoints: <checkpoint_dir>/step-0000120, ...
 
 
+def step_checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint saved at ``step`` (both the in-process and the Ray Train path)."""
+    return f"{STEP_PREFIX}{step:07d}"
+
+
 def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     """A run's ``step-*`` checkpoint folders in ``folder`` as (step, path), oldest first."""
     found = []

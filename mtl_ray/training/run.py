@@ -28,6 +28,7 @@ from mtl_ray.training.checkpointing import (
     load_for_resume,
     save_training_checkpoint,
     saved_aggregate,
+    step_checkpoint_name,
     step_checkpoints,
 )
 from mtl_ray.training.loop import MultiTaskTrainer, fit
@@ -165,7 +166,7 @@ class EvalCheckpointer:
         if self.recorder is not None:
             self.recorder.log(record)
         self.echo(f"eval step {step}: aggregate={aggregate:.4f}")
-        name = f"step-{step:07d}"
+        name = step_checkpoint_name(step)
         if self.publish is None:
             assert self.checkpoint_dir is not None
             path = self._save(self.checkpoint_dir / name, per_task, aggregate)
