@@ -126,6 +126,14 @@ def study_arms(num_layers: int) -> list[Arm]:
             teachers="single_task",
         ),
         Arm("hard_mlm", "multi", f"k={L}, balanced + MLM auxiliary", sharing_depth=L, settings=BALANCED, mlm=True),
+        Arm(
+            "hard_mixed_mlm",
+            "multi",
+            f"k={L}, balanced mixed-task batches + loss scaling + MLM auxiliary",
+            sharing_depth=L,
+            settings={**BALANCED, "train.mixed_batches": True, "train.loss_scaling": "auto"},
+            mlm=True,
+        ),
         # ---- converged protocol (early stopping, best validation checkpoint)
         Arm("single_es", "single", "single-task, early-stopped", protocol="converged", keep_checkpoints=True),
         Arm(

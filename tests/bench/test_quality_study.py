@@ -30,7 +30,7 @@ def _base():
 
 def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
     names = [a.name for a in study_arms(6)]
-    assert names[:13] == [
+    assert names[:14] == [
         "single_task",
         "hard_sharing",
         "hard_proportional",
@@ -40,12 +40,13 @@ def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
         "hard_mixed",
         "hard_kd",
         "hard_mlm",
+        "hard_mixed_mlm",
         "single_es",
         "hard_es",
         "hard_kd_es",
         "hard_mlm_es",
     ]
-    assert names[13:] == [
+    assert names[14:] == [
         "tops_k5",
         "tops_k4",
         "tops_k3",
@@ -75,10 +76,10 @@ def test_dependencies_are_added_and_ordered_first():
 
 
 def test_runs_share_the_training_compute_and_differ_only_where_the_arm_says():
-    names = ["single_task", "hard_sharing", "depth_k2", "dwa", "unsupervised", "hard_mlm", "hard_kd"]
+    names = ["single_task", "hard_sharing", "depth_k2", "dwa", "unsupervised", "hard_mlm", "hard_mixed_mlm", "hard_kd"]
     arms = [a for a in study_arms(6) if a.name in names]
     runs = build_runs(_base(), arms, [0, 1], 100, "/out")
-    assert len(runs) == 2 * (2 + 6)  # per seed: one single-task run per task + 6 multi-task arms
+    assert len(runs) == 2 * (2 + 7)  # per seed: one single-task run per task + 7 multi-task arms
     single = [r for r in runs if r.arm.kind == "single"]
     multi = [r for r in runs if r.arm.kind == "multi"]
     assert {r.steps for r in single} == {50} and {r.steps for r in multi} == {100}
@@ -91,6 +92,9 @@ def test_runs_share_the_training_compute_and_differ_only_where_the_arm_says():
     assert by_id["unsupervised/seed0"].config["tasks"][UNLABELED]["type"] == "contrastive"
     assert by_id["hard_mlm/seed0"].config["tasks"][MLM]["type"] == "mlm"
     assert by_id["hard_mlm/seed0"].config["train"]["sampler"] == "balanced"
+    mixed_mlm = by_id["hard_mixed_mlm/seed1"].config
+    assert mixed_mlm["tasks"][MLM]["type"] == "mlm" and mixed_mlm["train"]["sampler"] == "balanced"
+    assert mixed_mlm["train"]["mixed_batches"] is True and mixed_mlm["train"]["loss_scaling"] == "auto"
     assert by_id["hard_kd/seed1"].config["train"]["distill_from"] == "/out/single_task/seed1"
     assert UNLABELED not in by_id["hard_sharing/seed0"].config["tasks"]
     assert "early_stopping_patience" not in by_id["hard_sharing/seed0"].config["train"]
