@@ -23,10 +23,11 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed  ## create/update the virtualenv (torch first, then mtl-ray[dev])
 
 # pytest-xdist workers for the multi-process tier (one test file per worker, longest files first; see
-# README.md, "Tests"). 2 (the default), measured side by side on 2 idle cores: 24 min 52 s, against 33 min 51 s
-# in one process (TEST_WORKERS=0); the slowest test then takes 276 s of its 600 s timeout. A 3-worker run on
-# a 2-core machine that was also running other jobs (load 10-16) hit the tests' own timeouts.
-TEST_WORKERS ?= 2
+# README.md, "Tests"). 0 (the default): one process. On 2 idle cores here 2 workers took 24 min 52 s against
+# 33 min 51 s in one process, but CI on its 2-core machine took longer with 2 workers (whole `.ci/run`:
+# 3,032 s, against 2,221 s in one process the stop before), so CI keeps one process; TEST_WORKERS=2 is
+# for a machine where it measures faster. A 3-worker run on a busy 2-core machine hit the tests' timeouts.
+TEST_WORKERS ?= 0
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: venv  ## the full suite: unit, then multi-process, integration (real local Ray) and real-asset tests
