@@ -167,6 +167,7 @@ def count_params(checkpoint: Path) -> int:
 def run_one(run: Run, keep_checkpoints: bool, study_runs: Path) -> dict[str, Any]:
     """Train one run in this process (stdout to ``<run>/train.log``); write its ``result.json``."""
     from mtl_ray.config import config_from_dict, dump_config
+    from mtl_ray.training.checkpointing import step_checkpoints
     from mtl_ray.training.run import train
 
     config = resolve(run.config, study_runs)
@@ -181,7 +182,10 @@ def run_one(run: Run, keep_checkpoints: bool, study_runs: Path) -> dict[str, Any
         summary = train(cfg, resume_from=resume, progress=False)
     with open(out / "train.log", "a", encoding="utf-8") as f:
         f.write(log.getvalue())
-    ckpt = Path(summary["best_checkpoint"])
+    if summary["best_checkpoint"] is not None:
+        ckpt = Path(summary["best_checkpoint"])
+    else:  # nothing scored (an MLM-only stage 0): its final weights are what a later stage starts from
+        ckpt = step_checkpoints(out / "checkpoints")[-1][1]
     result = {
         "arm": run.arm.name,
         "seed": run.seed,

@@ -76,6 +76,9 @@ class Arm:
     settings: dict[str, Any] = field(default_factory=dict)  # dotted config keys -> values
     teachers: str | None = None  # arm whose single-task models (same seed) are the distillation teachers
     stage1: str | None = None  # arm whose best checkpoint (same seed) stage 2 starts from
+    # "0": an MLM-only stage 0 on the tasks' corpora (1/(T+1) of the equal-compute steps, not scored);
+    # "after": the supervised run that starts from it (the other T/(T+1)): hard_mlm's split, in sequence
+    mlm_stage: str | None = None
     keep_checkpoints: bool = False  # another arm reads this arm's checkpoints
 
     def __hash__(self) -> int:
@@ -133,6 +136,24 @@ def study_arms(num_layers: int) -> list[Arm]:
             sharing_depth=L,
             settings={**BALANCED, "train.mixed_batches": True, "train.loss_scaling": "auto"},
             mlm=True,
+        ),
+        Arm(
+            "mlm_stage0",
+            "multi",
+            "MLM stage 0 on the tasks' corpora (not scored)",
+            sharing_depth=L,
+            settings={"train.sampler": "proportional"},
+            mlm_stage="0",
+            keep_checkpoints=True,
+        ),
+        Arm(
+            "hard_mlm_stage0",
+            "multi",
+            f"k={L}, MLM stage 0, then balanced",
+            sharing_depth=L,
+            settings=BALANCED,
+            stage1="mlm_stage0",
+            mlm_stage="after",
         ),
         # ---- converged protocol (early stopping, best validation checkpoint)
         Arm("single_es", "single", "single-task, early-stopped", protocol="converged", keep_checkpoints=True),
@@ -263,8 +284,12 @@ def build_runs(
                     cfg["tasks"] = {task: copy.deepcopy(base["tasks"][task])}
                     runs.append(Run(arm, seed, task, _place(cfg, out_dir, arm, seed, task), steps))
             else:
-                steps, every = _steps(arm, budget, mtl_steps, single=False)
+                stage0_steps = max(1, mtl_steps // (len(tasks) + 1))  # the MLM task's share in hard_mlm
+                equal = {"0": stage0_steps, "after": mtl_steps - stage0_steps}.get(arm.mlm_stage or "", mtl_steps)
+                steps, every = _steps(arm, budget, equal, single=False)
                 cfg = _with(base, seed, steps, every, arm, budget)
+                if arm.mlm_stage == "0":
+                    cfg["tasks"] = mlm_stage0_tasks(base)
                 cfg["model"]["sharing_depth"] = arm.sharing_depth
                 cfg["train"]["weighting"] = arm.weighting
                 if arm.unsupervised:
@@ -277,6 +302,25 @@ def build_runs(
                     cfg["model"]["init_from"] = f"{BEST_OF}{arm.stage1}/seed{seed}"
                 runs.append(Run(arm, seed, None, _place(cfg, out_dir, arm, seed, None), steps))
     return runs
+
+
+def mlm_stage0_tasks(base: dict[str, Any]) -> dict[str, Any]:
+    """The stage-0 tasks: one mlm task per supervised task's corpus (its train split only) + the
+    unlabeled text — the texts hard_mlm's one mlm task reads with ``include_task_texts``. A pair task
+    is left out: its source is a pair view of another task's corpus (bbc_headline_match: bbc_topic's
+    articles), and an mlm task reads one text field."""
+    tasks = {}
+    for name, t in base["tasks"].items():
+        if t.get("type", "classification") in ("classification", "regression") and "source" in t:
+            tasks[f"{MLM}_{name}"] = {
+                "type": "mlm",
+                "source": t["source"],
+                "mask_probability": MLM_TASK["mask_probability"],
+                "max_length": t.get("max_length", MLM_TASK["max_length"]),
+                "max_eval_examples": 1,
+            }
+    tasks[f"{MLM}_{UNLABELED}"] = {k: v for k, v in MLM_TASK.items() if k not in ("include_task_texts", "loss_weight")}
+    return tasks
 
 
 def _steps(arm: Arm, budget: Budget, equal_steps: int, *, single: bool) -> tuple[int, int]:

@@ -92,6 +92,8 @@ def summarize(records: list[dict[str, Any]], arms: list[Arm], num_layers: int) -
         for entry in seeds.values():
             types.update(entry["types"])
         names = metric_names(types)
+        if not names:  # an MLM-only stage 0: nothing to score
+            continue
         tasks = sorted(names)
         per_task = {t: _mean_std([e["primary"][t] for e in seeds.values() if t in e["primary"]]) for t in tasks}
         deltas = [delta_m(e["primary"], base, names) for e in seeds.values()]

@@ -23,14 +23,18 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path | 
         pts = [(r["step"], r[key]) for r in history if key in r]
         ax_loss.plot([p[0] for p in pts], [p[1] for p in pts], label=key[5:], marker=".", linewidth=1)
     ax_loss.set(title="training loss per task", xlabel="step", ylabel="loss")
-    ax_loss.legend(fontsize=8)
+    if loss_keys:
+        ax_loss.legend(fontsize=8)
     primary = [k for k in val_keys if k.endswith(("/accuracy", "/pearson")) or k == "val/aggregate"]
     for key in primary:
         pts = [(r["step"], r[key]) for r in history if key in r]
         style = {"linewidth": 2.5, "color": "black"} if key == "val/aggregate" else {"linewidth": 1}
         ax_val.plot([p[0] for p in pts], [p[1] for p in pts], label=key[4:], marker="o", **style)
     ax_val.set(title="validation", xlabel="step", ylabel="metric")
-    ax_val.legend(fontsize=8)
+    if primary:  # an unsupervised-only run (an MLM stage 0) has no metric to plot
+        ax_val.legend(fontsize=8)
+    else:
+        ax_val.text(0.5, 0.5, "no validation metric (unsupervised tasks only)", ha="center", transform=ax_val.transAxes)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)

@@ -30,7 +30,7 @@ def _base():
 
 def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
     names = [a.name for a in study_arms(6)]
-    assert names[:14] == [
+    assert names[:16] == [
         "single_task",
         "hard_sharing",
         "hard_proportional",
@@ -41,12 +41,14 @@ def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
         "hard_kd",
         "hard_mlm",
         "hard_mixed_mlm",
+        "mlm_stage0",
+        "hard_mlm_stage0",
         "single_es",
         "hard_es",
         "hard_kd_es",
         "hard_mlm_es",
     ]
-    assert names[14:] == [
+    assert names[16:] == [
         "tops_k5",
         "tops_k4",
         "tops_k3",
@@ -133,6 +135,22 @@ def test_stage2_on_the_mlm_trunk_starts_from_the_early_stopped_mlm_run_without_t
     assert MLM not in tops.config["tasks"] and tops.config["model"]["init_from"] == "@best:hard_mlm_es/seed1"
     assert tops.config["model"]["sharing_depth"] == 5 and tops.config["train"]["early_stopping_per_task"] is True
     assert "tops_mlm_k5" not in [a.name for a in study_arms(5)]  # k must be < L
+
+
+def test_mlm_stage0_takes_the_mlm_share_of_the_steps_and_the_supervised_run_the_rest():
+    arms = with_dependencies(study_arms(6), [a for a in study_arms(6) if a.name == "hard_mlm_stage0"])
+    assert [a.name for a in arms] == ["mlm_stage0", "hard_mlm_stage0"]
+    base = _base()
+    base["tasks"]["p"] = {"type": "pair_classification", "source": "p.csv"}
+    by_id = {r.run_id: r for r in build_runs(base, arms, [1], 600, "/out")}
+    stage0, after = by_id["mlm_stage0/seed1"], by_id["hard_mlm_stage0/seed1"]
+    # 3 supervised tasks: hard_mlm's mlm task would get 1/4 of 600 steps; each supervised task 150 either way
+    assert (stage0.steps, after.steps) == (150, 450)
+    assert sorted(stage0.config["tasks"]) == ["mlm_a", "mlm_b", "mlm_unlabeled"]  # no pair task: one text field
+    assert {t["type"] for t in stage0.config["tasks"].values()} == {"mlm"}
+    assert stage0.config["tasks"]["mlm_a"]["source"] == "a.csv" and stage0.arm.keep_checkpoints
+    assert after.config["model"]["init_from"] == "@best:mlm_stage0/seed1"
+    assert sorted(after.config["tasks"]) == ["a", "b", "p"] and after.config["train"]["sampler"] == "balanced"
 
 
 def test_too_few_steps_for_the_tasks_is_an_error():
