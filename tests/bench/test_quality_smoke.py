@@ -44,9 +44,10 @@ def test_smoke_study_runs_every_recipe_and_resumes(tmp_path, capsys):
     assert "hard_es/seed0/checkpoints" in config and "freeze_shared: true" in config
     assert "loss/bbc_topic/soft" in (runs / "hard_kd/seed0/metrics.jsonl").read_text()
     assert "loss/mlm" in (runs / "hard_mlm/seed0/metrics.jsonl").read_text()
-    assert results["mlm_stage0/seed0"]["test"] == {} and "mlm_stage0/seed0/checkpoints" in (
-        runs / "hard_mlm_stage0/seed0/config.yaml"
-    ).read_text()
+    assert (
+        results["mlm_stage0/seed0"]["test"] == {}
+        and "mlm_stage0/seed0/checkpoints" in (runs / "hard_mlm_stage0/seed0/config.yaml").read_text()
+    )
 
     rows = {r["arm"]: r for r in json.loads((out / "study.json").read_text())["rows"]}
     assert len(rows) == 8 and "mlm_stage0" not in rows  # nothing to score in the MLM-only stage 0
