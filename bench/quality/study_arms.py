@@ -121,6 +121,13 @@ def study_arms(num_layers: int) -> list[Arm]:
             settings={"train.sampler": "uniform", "train.mixed_batches": True, "train.loss_scaling": "auto"},
         ),
         Arm(
+            "hard_mixed_unscaled",
+            "multi",
+            f"k={L}, mixed-task batches, no loss scaling",
+            sharing_depth=L,
+            settings={"train.sampler": "uniform", "train.mixed_batches": True},
+        ),
+        Arm(
             "hard_kd",
             "multi",
             f"k={L}, balanced + distillation",

@@ -30,7 +30,7 @@ def _base():
 
 def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
     names = [a.name for a in study_arms(6)]
-    assert names[:16] == [
+    assert names[:17] == [
         "single_task",
         "hard_sharing",
         "hard_proportional",
@@ -38,6 +38,7 @@ def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
         "hard_annealed",
         "hard_balanced",
         "hard_mixed",
+        "hard_mixed_unscaled",
         "hard_kd",
         "hard_mlm",
         "hard_mixed_mlm",
@@ -48,7 +49,7 @@ def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
         "hard_kd_es",
         "hard_mlm_es",
     ]
-    assert names[16:] == [
+    assert names[17:] == [
         "tops_k5",
         "tops_k4",
         "tops_k3",
