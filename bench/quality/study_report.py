@@ -210,6 +210,34 @@ def write_csv(records: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+def _label_points(ax: Any, points: list[tuple[float, float, dict[str, Any]]]) -> None:
+    """Name every point without overlaps: the points at one x get their labels in a column (equal-compute
+    arms to the left, the others to the right), top to bottom in Δm% order, at least ``gap`` apart."""
+    if not points:
+        return
+    means = [m for _, m, _ in points]
+    gap = max(max(means) - min(means), 1.0) * 0.05
+    columns: dict[float, list[tuple[float, float, dict[str, Any]]]] = {}
+    for p in points:
+        columns.setdefault(p[0], []).append(p)
+    for x, column in columns.items():
+        left = column[0][2].get("protocol", "equal") == "equal" and column[0][2]["kind"] == "multi"
+        y = math.inf
+        for _, mean, r in sorted(column, key=lambda p: -p[1]):
+            y = min(mean, y - gap)
+            ax.annotate(
+                r["arm"],
+                (x, mean),
+                xytext=(x + (-1.2 if left else 1.2), y),
+                ha="right" if left else "left",
+                va="center",
+                fontsize=7,
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.6"},
+            )
+    xs = [x for x, _, _ in points]
+    ax.set_xlim(min(xs) - 7, max(xs) + 6)
+
+
 def plot(rows: list[dict[str, Any]], path: Path, num_layers: int) -> None:
     """Left: the quality/cost front — Δm% (vs the protocol's single-task models) against encoder layers
     run per request, one point per arm (equal compute: circles, converged: squares). Right: per-task
@@ -219,15 +247,18 @@ def plot(rows: list[dict[str, Any]], path: Path, num_layers: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.2))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 6))
     markers = {"equal": "o", "converged": "s"}
+    points = []  # (x, Δm% mean, row): equal-compute arms a little left of their x, converged a little right
     for r in rows:
         mean, std = r["delta_m"]
         if math.isnan(mean):
             continue
         protocol = r.get("protocol", "equal")
+        shift = 0.0 if r["kind"] == "single" else (-0.3 if protocol == "equal" else 0.3)
+        points.append((r["layers_per_request"] + shift, mean, r))
         ax.errorbar(
-            r["layers_per_request"],
+            r["layers_per_request"] + shift,
             mean,
             yerr=std,
             marker=markers.get(protocol, "o"),
@@ -235,7 +266,7 @@ def plot(rows: list[dict[str, Any]], path: Path, num_layers: int) -> None:
             ls="none",
             color="tab:grey" if r["kind"] == "single" else ("tab:blue" if protocol == "equal" else "tab:green"),
         )
-        ax.annotate(r["arm"], (r["layers_per_request"], mean), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    _label_points(ax, points)
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("encoder layers run per request (all tasks)")
     ax.set_ylabel("Δm% vs single-task (test, mean ± std over seeds)")
