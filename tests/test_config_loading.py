@@ -65,6 +65,9 @@ def test_no_tasks_and_missing_file(tmp_path):
 
 
 def test_shipped_configs_load():
-    for name in ("configs/builtin.yaml", "configs/smoke.yaml"):
+    for name in ("configs/builtin.yaml", "configs/builtin_mixed.yaml", "configs/smoke.yaml"):
         cfg = load_config(name)
         assert cfg.tasks and all(t.source.startswith("builtin:") for t in cfg.tasks.values())
+    mixed = load_config("configs/builtin_mixed.yaml")
+    assert mixed.train.mixed_batches and mixed.train.loss_scaling == "auto" and mixed.train.sampler == "uniform"
+    assert set(mixed.tasks) == set(load_config("configs/builtin.yaml").tasks) - {"mlm"}
