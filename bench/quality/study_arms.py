@@ -291,8 +291,10 @@ def build_runs(
                     cfg["tasks"] = {task: copy.deepcopy(base["tasks"][task])}
                     runs.append(Run(arm, seed, task, _place(cfg, out_dir, arm, seed, task), steps))
             else:
-                stage0_steps = max(1, mtl_steps // (len(tasks) + 1))  # the MLM task's share in hard_mlm
-                equal = {"0": stage0_steps, "after": mtl_steps - stage0_steps}.get(arm.mlm_stage or "", mtl_steps)
+                equal = mtl_steps
+                if arm.mlm_stage:  # stage 0 takes the MLM task's share in hard_mlm, the run after it the rest
+                    stage0 = max(1, mtl_steps // (len(tasks) + 1))
+                    equal = stage0 if arm.mlm_stage == "0" else mtl_steps - stage0
                 steps, every = _steps(arm, budget, equal, single=False)
                 cfg = _with(base, seed, steps, every, arm, budget)
                 if arm.mlm_stage == "0":
@@ -317,8 +319,9 @@ def mlm_stage0_tasks(base: dict[str, Any]) -> dict[str, Any]:
     is left out: its source is a pair view of another task's corpus (bbc_headline_match: bbc_topic's
     articles), and an mlm task reads one text field."""
     tasks = {}
-    for name, t in base["tasks"].items():
-        if t.get("type", "classification") in ("classification", "regression") and "source" in t:
+    for name in supervised_tasks(base):
+        t = base["tasks"][name]
+        if not get_task_type(t.get("type", "classification")).is_pair and "source" in t:
             tasks[f"{MLM}_{name}"] = {
                 "type": "mlm",
                 "source": t["source"],
