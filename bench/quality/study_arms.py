@@ -86,6 +86,7 @@ class Arm:
 
 
 BALANCED = {"train.sampler": "balanced"}
+MIXED = {"train.sampler": "uniform", "train.mixed_batches": True, "train.loss_scaling": "auto"}
 TOPS = {"train.freeze_shared": True, "train.early_stopping_per_task": True}  # stage 2 on a frozen trunk
 
 
@@ -118,7 +119,7 @@ def study_arms(num_layers: int) -> list[Arm]:
             "multi",
             f"k={L}, mixed-task batches + loss scaling",
             sharing_depth=L,
-            settings={"train.sampler": "uniform", "train.mixed_batches": True, "train.loss_scaling": "auto"},
+            settings=MIXED,
         ),
         Arm(
             "hard_mixed_unscaled",
@@ -192,6 +193,15 @@ def study_arms(num_layers: int) -> list[Arm]:
             mlm=True,
             keep_checkpoints=True,
         ),
+        Arm(
+            "hard_mixed_es",
+            "multi",
+            f"k={L}, mixed-task batches + loss scaling, early-stopped",
+            protocol="converged",
+            sharing_depth=L,
+            settings=MIXED,
+            keep_checkpoints=True,
+        ),
     ]
     for k in (5, 4, 3):
         if k < L:
@@ -203,6 +213,19 @@ def study_arms(num_layers: int) -> list[Arm]:
                     protocol="converged",
                     sharing_depth=k,
                     stage1="hard_es",
+                    settings=TOPS,
+                )
+            )
+    for k in (5, 4):  # stage 2 on the mixed-batch trunk
+        if k < L:
+            arms.append(
+                Arm(
+                    f"tops_mixed_k{k}",
+                    "multi",
+                    f"mixed-batch trunk k={k} + per-task tops (stage 2)",
+                    protocol="converged",
+                    sharing_depth=k,
+                    stage1="hard_mixed_es",
                     settings=TOPS,
                 )
             )
