@@ -30,7 +30,7 @@ def _base():
 
 def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
     names = [a.name for a in study_arms(6)]
-    assert names[:17] == [
+    assert names[:18] == [
         "single_task",
         "hard_sharing",
         "hard_proportional",
@@ -48,11 +48,14 @@ def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
         "hard_es",
         "hard_kd_es",
         "hard_mlm_es",
+        "hard_mixed_es",
     ]
-    assert names[17:] == [
+    assert names[18:] == [
         "tops_k5",
         "tops_k4",
         "tops_k3",
+        "tops_mixed_k5",
+        "tops_mixed_k4",
         "tops_mlm_k5",
         "depth_k4",
         "depth_k2",
@@ -136,6 +139,19 @@ def test_stage2_on_the_mlm_trunk_starts_from_the_early_stopped_mlm_run_without_t
     assert MLM not in tops.config["tasks"] and tops.config["model"]["init_from"] == "@best:hard_mlm_es/seed1"
     assert tops.config["model"]["sharing_depth"] == 5 and tops.config["train"]["early_stopping_per_task"] is True
     assert "tops_mlm_k5" not in [a.name for a in study_arms(5)]  # k must be < L
+
+
+def test_stage2_on_the_mixed_batch_trunk_starts_from_the_early_stopped_mixed_run():
+    arms = with_dependencies(study_arms(6), [a for a in study_arms(6) if a.name == "tops_mixed_k4"])
+    assert [a.name for a in arms] == ["hard_mixed_es", "tops_mixed_k4"]
+    by_id = {r.run_id: r for r in build_runs(_base(), arms, [2], 100, "/out")}
+    stage1, tops = by_id["hard_mixed_es/seed2"], by_id["tops_mixed_k4/seed2"]
+    assert stage1.config["train"]["mixed_batches"] is True and stage1.config["train"]["loss_scaling"] == "auto"
+    assert stage1.config["train"]["sampler"] == "uniform" and stage1.config["train"]["early_stopping_patience"] == 4
+    assert stage1.arm.keep_checkpoints and stage1.steps == Budget().multi_max_steps
+    assert tops.config["model"]["init_from"] == "@best:hard_mixed_es/seed2"
+    assert tops.config["model"]["sharing_depth"] == 4 and tops.config["train"]["freeze_shared"] is True
+    assert "mixed_batches" not in tops.config["train"]  # stage 2 trains each tower on its own task's batches
 
 
 def test_mlm_stage0_takes_the_mlm_share_of_the_steps_and_the_supervised_run_the_rest():
