@@ -203,44 +203,26 @@ def study_arms(num_layers: int) -> list[Arm]:
             keep_checkpoints=True,
         ),
     ]
-    for k in (5, 4, 3):
-        if k < L:
-            arms.append(
-                Arm(
-                    f"tops_k{k}",
-                    "multi",
-                    f"shared trunk k={k} + per-task tops (stage 2)",
-                    protocol="converged",
-                    sharing_depth=k,
-                    stage1="hard_es",
-                    settings=TOPS,
-                )
-            )
-    for k in (5, 4):  # stage 2 on the mixed-batch trunk
-        if k < L:
-            arms.append(
-                Arm(
-                    f"tops_mixed_k{k}",
-                    "multi",
-                    f"mixed-batch trunk k={k} + per-task tops (stage 2)",
-                    protocol="converged",
-                    sharing_depth=k,
-                    stage1="hard_mixed_es",
-                    settings=TOPS,
-                )
-            )
-    if 5 < L:  # stage 2 on the MLM-adapted trunk (the mlm task is not carried into stage 2)
-        arms.append(
+    # stage 2 on a frozen trunk, one arm per (stage 1, k < L); the mlm task is not carried into stage 2
+    trunks = (
+        ("tops", "shared trunk", "hard_es", (5, 4, 3)),
+        ("tops_mixed", "mixed-batch trunk", "hard_mixed_es", (5, 4)),
+        ("tops_mlm", "MLM-adapted trunk", "hard_mlm_es", (5,)),
+    )
+    for prefix, trunk, stage1, depths in trunks:
+        arms += [
             Arm(
-                "tops_mlm_k5",
+                f"{prefix}_k{k}",
                 "multi",
-                "MLM-adapted trunk k=5 + per-task tops (stage 2)",
+                f"{trunk} k={k} + per-task tops (stage 2)",
                 protocol="converged",
-                sharing_depth=5,
-                stage1="hard_mlm_es",
+                sharing_depth=k,
+                stage1=stage1,
                 settings=TOPS,
             )
-        )
+            for k in depths
+            if k < L
+        ]
     # ---- earlier arms, kept runnable (--arms) but out of the default set
     for k in (4, 2, 0):
         if k < L:
