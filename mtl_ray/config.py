@@ -68,6 +68,10 @@ class TaskConfig:
     include_task_texts: bool = False
     # mlm only: fraction of a text's non-special tokens that are masked (BERT's 80/10/10); None -> 0.15
     mask_probability: float | None = None
+    # mlm only: for the first N optimizer steps of the run this task trains only its own head (the
+    # prediction transform and the decoder bias); its loss sends no gradient into the encoder, so a fresh
+    # head learns the vocabulary before its errors reach the shared layers. 0 -> off
+    head_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
@@ -89,6 +93,19 @@ class TaskConfig:
                 )
             if not 0 < self.mask_probability < 1:
                 raise ConfigError(f"tasks.{self.name}.mask_probability: must be in (0, 1), got {self.mask_probability}")
+        if self.head_warmup_steps:
+            warming = sorted(n for n, t in TASK_TYPES.items() if "head_warmup_steps" in getattr(t, "config_keys", ()))
+            if self.type not in warming:
+                raise ConfigError(
+                    f"tasks.{self.name}.head_warmup_steps: a {self.type} task has no head warm-up; only "
+                    f"{', '.join(warming) or '(none)'} tasks read it"
+                )
+            if isinstance(self.head_warmup_steps, bool) or not isinstance(self.head_warmup_steps, int):
+                raise ConfigError(
+                    f"tasks.{self.name}.head_warmup_steps: must be an integer, got {self.head_warmup_steps!r}"
+                )
+            if self.head_warmup_steps < 0:
+                raise ConfigError(f"tasks.{self.name}.head_warmup_steps: must be >= 0, got {self.head_warmup_steps}")
         if not self.source:
             raise ConfigError(f"tasks.{self.name}.source: required (e.g. 'builtin:rt_sentiment' or a file path)")
         if TASK_TYPES[self.type].is_pair and not self.text_pair_field:
@@ -444,6 +461,12 @@ class Config:
                 "train.distill_from: not supported with ray.streaming (teacher outputs are cached per row of an "
                 "in-memory train split; a streamed split has no rows to index)"
             )
+        for name, task in self.tasks.items():
+            if task.head_warmup_steps >= self.train.max_steps:
+                raise ConfigError(
+                    f"tasks.{name}.head_warmup_steps: {task.head_warmup_steps} is not below train.max_steps "
+                    f"{self.train.max_steps}, so the encoder would never learn from this task; lower it"
+                )
         if self.train.early_stopping_per_task and self.model.sharing_depth is None:
             raise ConfigError(
                 "train.early_stopping_per_task: needs per-task layers (model.sharing_depth k < L); at k = L "

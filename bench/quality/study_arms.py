@@ -79,6 +79,8 @@ class Arm:
     # "0": an MLM-only stage 0 on the tasks' corpora (1/(T+1) of the equal-compute steps, not scored);
     # "after": the supervised run that starts from it (the other T/(T+1)): hard_mlm's split, in sequence
     mlm_stage: str | None = None
+    # fraction of the run's steps for which every mlm task trains only its head (tasks.<mlm>.head_warmup_steps)
+    mlm_head_warmup: float = 0.0
     keep_checkpoints: bool = False  # another arm reads this arm's checkpoints
 
     def __hash__(self) -> int:
@@ -161,6 +163,25 @@ def study_arms(num_layers: int) -> list[Arm]:
             sharing_depth=L,
             settings=BALANCED,
             stage1="mlm_stage0",
+            mlm_stage="after",
+        ),
+        Arm(
+            "mlm_stage0_warm",
+            "multi",
+            "MLM stage 0, heads warmed up on a still encoder for its first half (not scored)",
+            sharing_depth=L,
+            settings={"train.sampler": "proportional"},
+            mlm_stage="0",
+            mlm_head_warmup=0.5,
+            keep_checkpoints=True,
+        ),
+        Arm(
+            "hard_mlm_stage0_warm",
+            "multi",
+            f"k={L}, MLM stage 0 with head warm-up, then balanced",
+            sharing_depth=L,
+            settings=BALANCED,
+            stage1="mlm_stage0_warm",
             mlm_stage="after",
         ),
         # ---- converged protocol (early stopping, best validation checkpoint)
@@ -310,6 +331,10 @@ def build_runs(
                     cfg["tasks"][UNLABELED] = dict(UNLABELED_TASK)
                 if arm.mlm:
                     cfg["tasks"][MLM] = dict(MLM_TASK)
+                if arm.mlm_head_warmup:  # the heads alone learn during the run's first fraction of steps
+                    for task in cfg["tasks"].values():
+                        if task.get("type") == "mlm":
+                            task["head_warmup_steps"] = int(steps * arm.mlm_head_warmup)
                 if arm.teachers:
                     cfg["train"]["distill_from"] = f"{out_dir}/{arm.teachers}/seed{seed}"
                 if arm.stage1:

@@ -19,6 +19,12 @@ decoder weight is not registered on the head, so it is saved once (``shared.embe
 loaded model is tied again by construction. Only the masked positions are decoded: (M, V) logits
 rather than (B, T, V), about 7x less decoder work at 15 %.
 
+A fresh head's errors are large (its loss starts near ln V), and in its first steps they are what
+the encoder learns from. ``head_warmup_steps: N`` trains only the head for the first N optimizer steps
+of the run (the encoder and the tied embeddings get no gradient from this task; the loss is the same
+value), the linear-probe-then-fine-tune order of Kumar et al. 2022. In an mlm-only run (a stage 0)
+the encoder stays bit-identical through those steps.
+
 Training only: no metrics (excluded from the aggregate and Δm%; the loop logs ``loss/<task>``), and
 ``served = False``: the Predictor and Serve refuse the task and never deploy its vocabulary-sized head.
 """
@@ -131,9 +137,11 @@ class MaskedLMHead(nn.Module):
     def vocab_size(self) -> int:
         return int(self.decoder_weight.shape[0])
 
-    def forward(self, hidden: Tensor) -> Tensor:  # (..., H) -> (..., V)
+    def forward(self, hidden: Tensor, *, train_decoder: bool = True) -> Tensor:  # (..., H) -> (..., V)
+        """``train_decoder=False``: the tied weight is detached (the input embeddings get no gradient)."""
         h = self.layer_norm(self.act(self.dense(hidden)))
-        return F.linear(h, self.decoder_weight, self.bias)
+        weight = self.decoder_weight if train_decoder else self.decoder_weight.detach()
+        return F.linear(h, weight, self.bias)
 
 
 @dataclass(frozen=True)
@@ -148,7 +156,7 @@ class MaskedLMType:
     valid_metrics: tuple[str, ...] = ()
     primary_metric: str | None = None
     served: bool = False  # training only: the Predictor and Serve refuse it
-    config_keys: tuple[str, ...] = ("mask_probability",)  # TaskConfig keys only this type reads
+    config_keys: tuple[str, ...] = ("mask_probability", "head_warmup_steps")  # TaskConfig keys only this type reads
 
     @property
     def metric_fns(self) -> Mapping[str, MetricFn]:
@@ -164,13 +172,20 @@ class MaskedLMType:
             )
         p = task_cfg.mask_probability if task_cfg.mask_probability is not None else DEFAULT_MASK_PROBABILITY
         special = sorted({int(i) for i in tokenizer.all_special_ids} | {int(mask_id)})
-        return {"mask_probability": float(p), "mask_token_id": int(mask_id), "special_token_ids": special}
+        options = {"mask_probability": float(p), "mask_token_id": int(mask_id), "special_token_ids": special}
+        if task_cfg.head_warmup_steps:  # only when set: specs of runs without a warm-up stay as they were
+            options["head_warmup_steps"] = int(task_cfg.head_warmup_steps)
+        return options
 
     def build_head(self, hidden_size: int, spec: TaskSpec, dropout: float) -> nn.Module:
         return MaskedLMHead(hidden_size)
 
-    def model_loss(self, model: Any, task: str, batch: dict[str, Tensor]) -> Tensor:
-        """Mask the batch, run the (shared + own) layers on it, decode the masked positions, mean CE."""
+    def model_loss(self, model: Any, task: str, batch: dict[str, Tensor], *, train_encoder: bool = True) -> Tensor:
+        """Mask the batch, run the (shared + own) layers on it, decode the masked positions, mean CE.
+
+        ``train_encoder=False`` (the head warm-up, ``head_warmup_steps``): the same value, but the encoder
+        runs without autograd and the tied decoder weight is detached, so the gradient reaches only the
+        head's own parameters (the transform, the LayerNorm and the decoder bias)."""
         spec = model.specs[task]
         opts = spec.options
         if not opts:
@@ -189,9 +204,12 @@ class MaskedLMType:
             probability=opts["mask_probability"],
             generator=step_generator(),
         )
-        hidden = model.task_hidden(task, model.encode_shared(ids, mask, batch.get("token_type_ids")), mask)  # (B,T,H)
+        with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+            hidden = model.task_hidden(
+                task, model.encode_shared(ids, mask, batch.get("token_type_ids")), mask
+            )  # (B,T,H)
         chosen = labels != IGNORE_INDEX  # (B, T)
-        logits = head(hidden[chosen])  # (M, V): only the masked positions
+        logits = head(hidden[chosen], train_decoder=train_encoder)  # (M, V): only the masked positions
         if logits.shape[0] == 0:  # no token to predict (all special): a zero loss that keeps the graph
             return logits.float().sum() * 0.0
         return F.cross_entropy(logits.float(), labels[chosen])

@@ -43,6 +43,7 @@ from mtl_ray.config import TrainConfig
 from mtl_ray.data.tokenize import collate
 from mtl_ray.device import resolve_device
 from mtl_ray.model.multitask import MultiTaskModel
+from mtl_ray.tasks.base import get_task_type
 from mtl_ray.training import distributed as dist_utils
 from mtl_ray.training.early_stopping import Tracker
 from mtl_ray.training.evaluation import evaluate_model, rows
@@ -156,6 +157,12 @@ class MultiTaskTrainer:
             if tcfg.mixed_batches
             else None
         )
+        # head_warmup_steps (mlm): task -> the step before which its loss trains only its head (tasks/mlm.py)
+        self.head_warmup = {
+            t: int(spec.options["head_warmup_steps"])
+            for t, spec in model.specs.items()
+            if spec.options and spec.options.get("head_warmup_steps")
+        }
         self.step = 0
         self.examples_seen = 0  # global (all ranks) training examples so far
         self.use_bf16 = self.tcfg.bf16 and self.device.type == "cuda"
@@ -270,6 +277,9 @@ class MultiTaskTrainer:
         """Mean training loss of one task's batch (the frozen trunk's with ``train.freeze_shared``; hard +
         soft teacher loss for a distilled task whose train-split indices ``idx`` are known)."""
         with self._autocast():
+            if self.step < self.head_warmup.get(task, 0):  # the head alone learns from this task's loss
+                spec = self.model.specs[task]
+                return get_task_type(spec.type).model_loss(self.model, task, batch, train_encoder=False)
             if self.distill is not None and idx is not None and self.distill.teaches(task):
                 return self.distill.loss(task, batch, idx)  # train.distill_from
             return self.model.loss(task, batch) if self.frozen is None else self.frozen.loss(task, batch)

@@ -30,7 +30,7 @@ def _base():
 
 def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
     names = [a.name for a in study_arms(6)]
-    assert names[:18] == [
+    assert names[:20] == [
         "single_task",
         "hard_sharing",
         "hard_proportional",
@@ -44,13 +44,15 @@ def test_arms_cover_the_study_and_the_default_set_leaves_out_the_old_arms():
         "hard_mixed_mlm",
         "mlm_stage0",
         "hard_mlm_stage0",
+        "mlm_stage0_warm",
+        "hard_mlm_stage0_warm",
         "single_es",
         "hard_es",
         "hard_kd_es",
         "hard_mlm_es",
         "hard_mixed_es",
     ]
-    assert names[18:] == [
+    assert names[20:] == [
         "tops_k5",
         "tops_k4",
         "tops_k3",
@@ -168,6 +170,21 @@ def test_mlm_stage0_takes_the_mlm_share_of_the_steps_and_the_supervised_run_the_
     assert stage0.config["tasks"]["mlm_a"]["source"] == "a.csv" and stage0.arm.keep_checkpoints
     assert after.config["model"]["init_from"] == "@best:mlm_stage0/seed1"
     assert sorted(after.config["tasks"]) == ["a", "b", "p"] and after.config["train"]["sampler"] == "balanced"
+
+
+def test_the_warm_stage0_trains_the_mlm_heads_alone_for_its_first_half():
+    arms = with_dependencies(study_arms(6), [a for a in study_arms(6) if a.name == "hard_mlm_stage0_warm"])
+    assert [a.name for a in arms] == ["mlm_stage0_warm", "hard_mlm_stage0_warm"]
+    by_id = {r.run_id: r for r in build_runs(_base(), arms, [0], 600, "/out")}
+    stage0, after = by_id["mlm_stage0_warm/seed0"], by_id["hard_mlm_stage0_warm/seed0"]
+    assert (stage0.steps, after.steps) == (200, 400)  # 2 supervised tasks: the same split as mlm_stage0
+    assert {name: t["head_warmup_steps"] for name, t in stage0.config["tasks"].items()} == {
+        "mlm_a": 100,
+        "mlm_b": 100,
+        "mlm_unlabeled": 100,
+    }
+    assert after.config["model"]["init_from"] == "@best:mlm_stage0_warm/seed0"
+    assert all("head_warmup_steps" not in t for t in after.config["tasks"].values())
 
 
 def test_too_few_steps_for_the_tasks_is_an_error():

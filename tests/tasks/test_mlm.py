@@ -192,6 +192,20 @@ def test_loss_equals_cross_entropy_over_the_masked_positions_by_hand(model, enco
     assert get_task_type("mlm").loss(logits, {"labels": labels}, spec).item() == pytest.approx(loss.item(), rel=1e-5)
 
 
+def test_the_head_warm_up_loss_is_the_same_value_and_reaches_only_the_head(model, encoder_and_tokenizer):
+    batch = batch_of(encoder_and_tokenizer[1], ["good movie the best", "bad film"])
+    torch.manual_seed(3)
+    full = model.loss("mlm", batch)  # dropout on (train mode): both calls draw the same masks and dropout
+    torch.manual_seed(3)
+    warm = get_task_type("mlm").model_loss(model, "mlm", batch, train_encoder=False)
+    assert warm.item() == full.item()
+    warm.backward()
+    head = model.heads["mlm"]
+    own = {id(p) for p in head.parameters()}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert all(p.grad is None for p in model.parameters() if id(p) not in own)  # encoder and tied embeddings
+
+
 def test_a_checkpoint_saves_the_tied_weight_once_and_loads_tied(model, encoder_and_tokenizer, tiny_config, tmp_path):
     cfg = tiny_config()
     path = save_training_checkpoint(tmp_path / "ckpt", cfg, model, encoder_and_tokenizer[1], None)
@@ -231,6 +245,12 @@ def test_a_checkpoint_saves_the_tied_weight_once_and_loads_tied(model, encoder_a
         ),
         ({"type": "mlm", "mask_probability": 1.5}, r"tasks.t.mask_probability: must be in \(0, 1\), got 1.5"),
         ({"type": "mlm", "mask_probability": 0.0}, r"tasks.t.mask_probability: must be in \(0, 1\), got 0.0"),
+        (
+            {"type": "classification", "head_warmup_steps": 10},
+            "tasks.t.head_warmup_steps: a classification task has no head warm-up; only mlm tasks read it",
+        ),
+        ({"type": "mlm", "head_warmup_steps": -1}, "tasks.t.head_warmup_steps: must be >= 0, got -1"),
+        ({"type": "mlm", "head_warmup_steps": 2.5}, "tasks.t.head_warmup_steps: must be an integer, got 2.5"),
         (
             {"type": "regression", "include_task_texts": True},
             "tasks.t.include_task_texts: only an unsupervised task .* this is a regression task",

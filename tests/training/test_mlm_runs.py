@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mtl_ray.checkpoint import read_tensors
-from mtl_ray.config import config_from_dict
+from mtl_ray.config import config_from_dict, config_to_dict
 from mtl_ray.errors import CheckpointError, ConfigError
 from mtl_ray.predictor import PredictError, Predictor
 from mtl_ray.serving.checkpoint_info import read_checkpoint_info
@@ -140,6 +140,36 @@ def test_stage_0_an_mlm_only_run_initialises_a_later_multi_task_run(tiny_encoder
     pretrained, _ = build_model(config(tiny_encoder_dir, tiny_task_files, tmp_path / "plain"), specs)
     emb = "embeddings.word_embeddings.weight"
     assert not torch.equal(pretrained.shared.state_dict()[emb], adapted[emb])  # stage 0 did train the embeddings
+
+
+def test_a_head_warm_up_leaves_the_encoder_bit_identical_until_its_last_step(
+    tiny_encoder_dir, tiny_task_files, tmp_path
+):
+    cfg = config(tiny_encoder_dir, tiny_task_files, tmp_path / "warm", tasks=("mlm",), max_steps=6)
+    cfg.tasks["mlm"].head_warmup_steps = 2
+    setup = setup_run(cfg)
+    trainer = build_trainer(cfg, setup.model, setup.data, setup.tokenizer.pad_token_id)
+    assert trainer.head_warmup == {"mlm": 2}
+    model = trainer.model
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(2):
+        trainer.train_step()
+    after = model.state_dict()
+    for key, value in start.items():  # the encoder, its word embeddings (the tied decoder) included
+        if key.startswith("shared."):
+            assert torch.equal(after[key], value), key
+    assert not torch.equal(after["heads.mlm.dense.weight"], start["heads.mlm.dense.weight"])
+    assert not torch.equal(after["heads.mlm.bias"], start["heads.mlm.bias"])
+    trainer.train_step()  # step 3: the encoder learns from the (warmed) head
+    emb = "shared.embeddings.word_embeddings.weight"
+    assert not torch.equal(model.state_dict()[emb], start[emb])
+
+
+def test_a_head_warm_up_as_long_as_the_run_is_refused(tiny_encoder_dir, tiny_task_files, tmp_path):
+    cfg = config_to_dict(config(tiny_encoder_dir, tiny_task_files, tmp_path / "r"))
+    cfg["tasks"]["mlm"]["head_warmup_steps"] = 6
+    with pytest.raises(ConfigError, match="tasks.mlm.head_warmup_steps: 6 is not below train.max_steps 6"):
+        config_from_dict(cfg)
 
 
 def test_stage_2_from_a_mix_with_mlm_keeps_the_trunk_and_leaves_the_mlm_task_behind(
