@@ -44,6 +44,11 @@ LOSS_SCALINGS = ("none", "auto")
 POOLINGS = ("mean", "cls")
 
 
+def _types_reading(key: str) -> list[str]:
+    """The task types that declare ``key`` as a TaskConfig key only they read (e.g. mtl_ray/tasks/mlm.py)."""
+    return sorted(n for n, t in TASK_TYPES.items() if key in getattr(t, "config_keys", ()))
+
+
 @dataclass
 class TaskConfig:
     """One task, defined in config alone (no code needed for a user task)."""
@@ -85,7 +90,7 @@ class TaskConfig:
             )
         if self.mask_probability is not None:
             # a type that masks tokens says so by declaring the key (mtl_ray/tasks/mlm.py)
-            masking = sorted(n for n, t in TASK_TYPES.items() if "mask_probability" in getattr(t, "config_keys", ()))
+            masking = _types_reading("mask_probability")
             if self.type not in masking:
                 raise ConfigError(
                     f"tasks.{self.name}.mask_probability: a {self.type} task masks no tokens; only "
@@ -94,7 +99,7 @@ class TaskConfig:
             if not 0 < self.mask_probability < 1:
                 raise ConfigError(f"tasks.{self.name}.mask_probability: must be in (0, 1), got {self.mask_probability}")
         if self.head_warmup_steps:
-            warming = sorted(n for n, t in TASK_TYPES.items() if "head_warmup_steps" in getattr(t, "config_keys", ()))
+            warming = _types_reading("head_warmup_steps")
             if self.type not in warming:
                 raise ConfigError(
                     f"tasks.{self.name}.head_warmup_steps: a {self.type} task has no head warm-up; only "
