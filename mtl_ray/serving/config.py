@@ -47,6 +47,9 @@ class DeploymentOptions(_Strict):
     # custom Ray resources per replica: {"encoder_node": 0.01} places replicas only on nodes started with
     # that resource (`ray start --resources '{"encoder_node": 1}'`), e.g. the encoder on the GPU nodes
     resources: dict[str, float] = Field(default_factory=dict)
+    # how often a stopping replica (a redeploy, a scale-down, shutdown) checks that its in-flight requests
+    # are done (Serve's default: 2 s); Serve's graceful_shutdown_timeout_s (20 s) still bounds the wait
+    graceful_shutdown_wait_loop_s: float = Field(0.25, gt=0)
 
     @field_validator("resources")
     @classmethod
@@ -78,6 +81,7 @@ class DeploymentOptions(_Strict):
                 "target_ongoing_requests": self.target_ongoing_requests,
             },
             "ray_actor_options": actor,
+            "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
         }
 
 

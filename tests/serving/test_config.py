@@ -41,6 +41,7 @@ def test_defaults_and_overrides(tmp_path):
         ({"checkpoint": "x", "precision": "fp8"}, "precision"),
         ({"checkpoint": "x", "batching": {"max_batch_size": 0}}, "batching.max_batch_size"),
         ({"checkpoint": "x", "auth": {"api_key_env": "A", "api_key_file": "f"}}, "not both"),
+        ({"checkpoint": "x", "head": {"graceful_shutdown_wait_loop_s": 0}}, "head.graceful_shutdown_wait_loop_s"),
     ],
 )
 def test_invalid_configs_name_the_key(data, message):
@@ -60,6 +61,7 @@ def test_deployment_options_map_onto_serve_options():
             "target_ongoing_requests": 8.0,
         },
         "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 1.0},
+        "graceful_shutdown_wait_loop_s": 0.25,  # Serve's default is 2 s: each replaced replica waited that long
     }
     assert "num_gpus" not in DeploymentOptions().serve_options()["ray_actor_options"]
     assert [torch_threads_for(c) for c in (0.25, 1, 1.6, 4)] == [1, 1, 2, 4]
