@@ -35,7 +35,7 @@ test: venv  ## the full suite: unit, then multi-process, integration (real local
 	$(PY) -m pytest -q $(XDIST) -m "integration or real or distributed" -p no:cacheprovider --ignore=tests/integration/test_two_nodes.py --ignore=tests/integration/test_elastic_two_nodes.py || [ $$? -eq 5 ]
 	# the two-node tests start a two-raylet cluster of their own: in a process of their own (after the rest
 	# of the suite in one process, Ray Train's controller was cancelled before it started); the two files
-	# together: 194 s against 94 + 119 s in two processes (2026-12-08)
+	# together: 176–194 s against 94 + 119 s in two processes (2026-12-08)
 	$(PY) -m pytest -q -m integration -p no:cacheprovider tests/integration/test_two_nodes.py tests/integration/test_elastic_two_nodes.py
 
 test-unit: venv  ## fast unit tests only (tiny in-process model; one process, no Ray cluster is started)

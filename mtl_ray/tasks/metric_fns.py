@@ -24,10 +24,10 @@ def _accuracy(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
 
 
 def _macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
-    # labels=range(num_labels): a class absent from both predictions and labels still counts (as 0),
-    # so the score is comparable across evaluation slices with different class coverage.
     from sklearn.metrics import f1_score
 
+    # labels=range(num_labels): a class absent from both predictions and labels still counts (as 0),
+    # so the score is comparable across evaluation slices with different class coverage.
     return float(f1_score(gold, pred, average="macro", labels=list(range(num_labels)), zero_division=0))
 
 
